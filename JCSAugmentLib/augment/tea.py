@@ -1,0 +1,115 @@
+"""Test-time augmentation (TEA): the 84 deterministic operations and their inverses.
+
+``tea_transform(x, index)`` transforms an image batch (B, C, D, H, W); the network predicts on
+the result; ``tea_invert(y, index)`` maps the prediction (logits or probabilities, any channel
+count) back onto the original grid. Flips and quarter turns invert bit-exactly (quarter turns
+about an axis whose plane is not square change the spatial shape, and the inverse restores it).
+Scalings and rotations invert by trilinear resampling with the inverse matrix;
+``tea_invert(..., return_mask=True)`` also returns the voxels whose value depended on padding
+(outside the field of view of the transformed input), which a TEA loss or average must skip.
+Intensity, filter and noise operations change only the input, so their inverse is the identity.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Optional
+
+import torch
+
+from . import geometry, intensity
+from .stats import CaseStats
+from .tables import TEA_OPS, TEAOp
+
+
+def _op(index: int) -> TEAOp:
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(TEA_OPS):
+        raise ValueError(f"TEA op index must be an int in [0, {len(TEA_OPS) - 1}], got {index!r}")
+    return TEA_OPS[index]
+
+
+def tea_matrix(index: int) -> Optional[torch.Tensor]:
+    """Source-from-output matrix (3, 3) of an interpolated TEA op (scale / rotate), else None."""
+    op = _op(index)
+    if op.op == "scale":
+        return geometry.scaling_matrix(torch.tensor([op.magnitude]))[0]
+    if op.op == "rotate":
+        return geometry.rotation_matrix(op.axis, torch.tensor([op.magnitude]))[0]
+    return None
+
+
+def _check(x: torch.Tensor, what: str):
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        raise ValueError(f"{what} must be a tensor shaped (B, C, D, H, W), got "
+                         f"{getattr(x, 'shape', type(x))}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} must be floating point, got {x.dtype}")
+
+
+def tea_transform(x: torch.Tensor, index: int, stats: Optional[CaseStats] = None,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Apply TEA op ``index`` to images ``x`` (B, C, D, H, W).
+
+    ``stats``: the case statistics for intensity ops (default: each sample's own, with
+    quantiles). ``generator``: the source of the fresh noise of the noise ops. Interpolated
+    spatial ops replicate edge voxels where they look outside the input.
+    """
+    op = _op(index)
+    _check(x, "image")
+    if op.op == "identity":
+        return x
+    if op.op == "flip":
+        return torch.flip(x, (op.axis + 2,))
+    if op.op == "flip_all":
+        return torch.flip(x, (2, 3, 4))
+    if op.op == "rot90":
+        b, c = geometry.plane(op.axis)
+        return torch.rot90(x, int(op.magnitude), dims=(b + 2, c + 2))
+    if op.kind == "spatial":
+        a = tea_matrix(index).expand(x.shape[0], 3, 3)
+        return geometry.affine_resample(x, a, x.shape[2:], padding_mode="border")
+    if stats is None:
+        stats = CaseStats.from_patch(x, quantiles=101)
+    stats = stats.to(x.device, x.dtype)
+    mag = torch.full((x.shape[0],), float(op.magnitude), dtype=torch.float64)
+    if op.op == "noise":
+        return intensity.gaussian_noise(x, mag, stats, generator)
+    return intensity.INTENSITY_FUNCTIONS[op.op](x, mag, stats)
+
+
+@lru_cache(maxsize=256)
+def _padded_mask(index: int, shape: tuple, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """Voxels (1, 1, D, H, W) whose round trip through op ``index`` touched padding."""
+    a = tea_matrix(index)[None]
+    ones = torch.ones((1, 1, *shape), device=device, dtype=dtype)
+    seen = geometry.affine_resample(ones, a, shape, padding_mode="zeros")
+    back = geometry.affine_resample(seen, torch.linalg.inv(a), shape, padding_mode="zeros")
+    return back < 1 - 1e-4
+
+
+def tea_invert(y: torch.Tensor, index: int, return_mask: bool = False):
+    """Map predictions ``y`` (B, K, D, H, W) made on ``tea_transform(x, index)`` back onto the
+    grid of ``x``. With ``return_mask``, also return a boolean (B, 1, D, H, W) mask of voxels
+    the inverse had to pad (True = no valid prediction there; always False for exact ops)."""
+    op = _op(index)
+    _check(y, "prediction")
+    if op.op == "flip":
+        out = torch.flip(y, (op.axis + 2,))
+    elif op.op == "flip_all":
+        out = torch.flip(y, (2, 3, 4))
+    elif op.op == "rot90":
+        b, c = geometry.plane(op.axis)
+        out = torch.rot90(y, -int(op.magnitude), dims=(b + 2, c + 2))
+    elif op.kind == "spatial" and op.op != "identity":
+        a = torch.linalg.inv(tea_matrix(index)).expand(y.shape[0], 3, 3)
+        out = geometry.affine_resample(y, a, y.shape[2:], padding_mode="zeros")
+        if return_mask:
+            mask = _padded_mask(index, tuple(y.shape[2:]), str(y.device), y.dtype)
+            return out, mask.expand(y.shape[0], 1, *y.shape[2:])
+        return out
+    else:
+        out = y
+    if return_mask:
+        return out, torch.zeros((y.shape[0], 1, *out.shape[2:]), dtype=torch.bool,
+                                device=y.device)
+    return out

@@ -1,0 +1,167 @@
+"""The ``jcsaugment`` command line.
+
+Subcommands::
+
+    jcsaugment ops [--json]                       the TRA and TEA operation tables
+    jcsaugment preview IMAGE LABEL --out PNG      foreground/background patches under a policy
+    jcsaugment bench augment [--device cuda]      TRA patches per second vs the peers
+    jcsaugment augment-demo [--out DIR]           preview + policy pictures on a synthetic case
+
+Errors the user can fix (bad files, bad policies, bad options) print one line naming the
+problem and exit with status 2; nothing is written half-way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+
+class UsageError(Exception):
+    """An error in the user's input, reported in one line."""
+
+
+def _cmd_ops(args) -> int:
+    from .augment.tables import TRA_GROUPS, TEA_OPS, table_rows
+    rows = table_rows()
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    n_tra = sum(g.size - 1 for g in TRA_GROUPS)
+    print(f"TRA: {len(TRA_GROUPS)} groups, {n_tra} non-identity operations")
+    for r in rows["tra"]:
+        mag = "" if r["magnitude"] is None else f"{r['magnitude']:g}"
+        print(f"  {r['group_index']:2d}.{r['option_index']}  {r['group']:<18} {r['op']:<14} "
+              f"{r['kind']:<11} {mag}")
+    kinds = {}
+    for op in TEA_OPS:
+        kinds[op.kind] = kinds.get(op.kind, 0) + 1
+    print(f"TEA: {len(TEA_OPS)} operations ({', '.join(f'{v} {k}' for k, v in kinds.items())})")
+    for r in rows["tea"]:
+        mag = "" if r["magnitude"] is None else f"{r['magnitude']:.4g}"
+        print(f"  {r['index']:2d}  {r['op']:<22} {r['kind']:<13} {mag}")
+    return 0
+
+
+def _load_tra_policy(spec: str):
+    import os
+    from .policy import TRA_POLICY_NAMES, load_policy, make_tra_policy
+    if spec.lower() in TRA_POLICY_NAMES:
+        return make_tra_policy(spec)
+    if not os.path.exists(spec):
+        raise UsageError(f"--policy {spec!r} is neither a policy name "
+                         f"({', '.join(TRA_POLICY_NAMES)}) nor an existing file")
+    tra, _tea, _meta = load_policy(spec)
+    if tra is None:
+        raise UsageError(f"{spec}: the policy file has no 'tra' part")
+    return tra
+
+
+def _cmd_preview(args) -> int:
+    import numpy as np
+    from .augment.preview import make_preview
+    from .charts.preview_grid import draw_preview_grid
+    from .io.volume import read_images, read_label
+    policy = _load_tra_policy(args.policy)
+    image = read_images([args.image] + list(args.channel or []))
+    label = read_label(args.label, reference=image)
+    roi = None
+    if args.roi:
+        roi = read_label(args.roi, reference=image).array[0] > 0
+    if args.samples < 1:
+        raise UsageError("--samples must be at least 1")
+    rows = make_preview(image.array, label.array, policy, n=args.samples,
+                        patch_size=tuple(args.patch_size), seed=args.seed, roi=roi,
+                        device=args.device)
+    title = f"{args.policy} policy: {len(rows[0].images) - 1} samples per patch"
+    draw_preview_grid([r.as_grid_row() for r in rows], out_path=args.out, title=title,
+                      channel=args.show_channel)
+    if args.save_arrays:
+        arrays = {}
+        for r in rows:
+            key = r.name.split()[0]
+            arrays[f"{key}_images"] = np.stack(r.images)
+            arrays[f"{key}_labels"] = np.stack(r.labels)
+        np.savez_compressed(args.save_arrays, **arrays)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench.augment_bench import run_augment_bench
+    if args.what != "augment":
+        raise UsageError(f"unknown benchmark {args.what!r} (available: augment)")
+    result = run_augment_bench(device=args.device, batch=args.batch, patch=args.patch,
+                               repeats=args.repeats, peers=not args.no_peers,
+                               print_table=not args.json)
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    return 0
+
+
+def _cmd_augment_demo(args) -> int:
+    from .demo_augment import run_augment_demo
+    run_augment_demo(args.out, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jcsaugment", description=(
+        "Joint class-specific training- and test-time augmentation for 3D segmentation."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("ops", help="print the TRA and TEA operation tables")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=_cmd_ops)
+
+    s = sub.add_parser("preview", help="draw foreground/background patches under a TRA policy")
+    s.add_argument("image", help="image volume (NIfTI, NRRD, MHA)")
+    s.add_argument("label", help="label map on the image's grid")
+    s.add_argument("--channel", action="append", metavar="FILE",
+                   help="another image channel on the same grid (repeatable)")
+    s.add_argument("--policy", default="nnunet",
+                   help="nnunet, deepmedic, randaugment-s/m/l, none, or a policy JSON file")
+    s.add_argument("--out", required=True, help="PNG to write")
+    s.add_argument("--samples", type=int, default=4, help="augmented samples per patch")
+    s.add_argument("--patch-size", type=int, nargs=3, default=(64, 64, 64), metavar=("D", "H", "W"))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--roi", help="mask for background centres (e.g. a brain mask)")
+    s.add_argument("--show-channel", type=int, default=0, help="channel drawn in the grid")
+    s.add_argument("--save-arrays", metavar="NPZ", help="also save the patches as .npz")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_cmd_preview)
+
+    s = sub.add_parser("bench", help="benchmarks (side-by-side ratios with the peers)")
+    s.add_argument("what", choices=["augment"])
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    s.add_argument("--batch", type=int, default=10)
+    s.add_argument("--patch", type=int, default=64, help="cubic patch edge")
+    s.add_argument("--repeats", type=int, default=5, help="timed batches per pipeline")
+    s.add_argument("--no-peers", action="store_true", help="time our cascade only")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("augment-demo", help="preview and policy pictures on a synthetic case")
+    s.add_argument("--out", default="jcsaugment-demo", help="output folder")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_augment_demo)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .io.volume import VolumeError
+    from .policy.policy_json import PolicyFileError
+    try:
+        return args.func(args)
+    except (UsageError, VolumeError, PolicyFileError) as e:
+        print(f"jcsaugment {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
