@@ -13,7 +13,7 @@ and the inverse of a transform is ``inv(A)``. ``rotation_matrix(axis, +90)`` equ
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -70,18 +70,20 @@ def source_extent(a: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
 
 def affine_grid(a: torch.Tensor, in_shape: Sequence[int], out_shape: Sequence[int],
                 device=None, dtype=torch.float32) -> torch.Tensor:
-    """The sampling grid (B, *out_shape, 3) of source-from-output matrices ``a`` (B, 3, 3)
-    for ``grid_sample`` (align_corners=True), both grids centred on each other."""
+    """The sampling grid (B, *out_shape, n) of source-from-output matrices ``a`` (B, n, n),
+    n = 3 (volumes) or 2 (slices), for ``grid_sample`` (align_corners=True), both grids
+    centred on each other."""
     if min(in_shape) < 2 or min(out_shape) < 2:
         raise ValueError(f"affine resampling needs at least 2 voxels per axis, got input "
                          f"{tuple(in_shape)} and output {tuple(out_shape)}")
+    n = a.shape[-1]
     h_in = (torch.tensor(tuple(in_shape), dtype=torch.float64) - 1) / 2
     h_out = (torch.tensor(tuple(out_shape), dtype=torch.float64) - 1) / 2
     # Normalised coordinates (align_corners=True): n = offset / half-size. Reverse the axis
     # order because grid_sample's last grid dimension is (x, y, z) = (W, H, D).
     theta = a.to(torch.float64) * h_out[None, None, :] / h_in[None, :, None]
     theta = theta.flip(1).flip(2)
-    theta = torch.cat([theta, torch.zeros(theta.shape[0], 3, 1, dtype=torch.float64)], dim=2)
+    theta = torch.cat([theta, torch.zeros(theta.shape[0], n, 1, dtype=torch.float64)], dim=2)
     return F.affine_grid(theta.to(device=device, dtype=dtype), [a.shape[0], 1, *out_shape],
                          align_corners=True)
 
@@ -95,6 +97,59 @@ def affine_resample(x: torch.Tensor, a: torch.Tensor, out_shape: Sequence[int],
     """
     grid = affine_grid(a, x.shape[2:], out_shape, x.device, x.dtype)
     return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+def interpolation_matrix(n_in: int, n_out: int, factor: float, mode: str = "linear",
+                         dtype=torch.float32, device=None) -> torch.Tensor:
+    """(n_out, n_in) matrix of 1-D linear (or nearest) interpolation for a zoom by ``factor``
+    about the centres, clamped at the edges (border padding)."""
+    src = ((n_in - 1) / 2 + (torch.arange(n_out, dtype=torch.float64) - (n_out - 1) / 2)
+           / factor).clamp(0, n_in - 1)
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    if mode == "nearest":
+        m[rows, src.round().long()] = 1.0
+    else:
+        i0 = src.floor().clamp(max=max(n_in - 2, 0)).long()
+        frac = src - i0
+        m[rows, i0] += 1 - frac
+        m[rows, (i0 + 1).clamp(max=n_in - 1)] += frac
+    return m.to(device=device, dtype=dtype)
+
+
+def single_axis(a: torch.Tensor) -> Optional[int]:
+    """The axis a source-from-output matrix (3, 3) leaves uncoupled from the other two (its
+    row and column are zero off the diagonal), preferring axis 0; None if there is none."""
+    for axis in range(3):
+        others = [d for d in range(3) if d != axis]
+        if bool((a[axis, others] == 0).all() and (a[others, axis] == 0).all()):
+            return axis
+    return None
+
+
+def plane_resample(x: torch.Tensor, a: torch.Tensor, axis: int, out_shape: Sequence[int],
+                   mode: str = "linear") -> torch.Tensor:
+    """Resample one sample ``x`` (C, D, H, W) with a matrix ``a`` (3, 3) that does not couple
+    ``axis`` to the other two (a zoom along it, any 2-D affine across it).
+
+    Trilinear interpolation then factors into a 1-D interpolation along ``axis`` (a small
+    matrix product) and a bilinear one in each slice across it (one batched 2-D grid_sample,
+    which PyTorch vectorises on the CPU): the same numbers as ``affine_resample`` with border
+    padding, up to float rounding, for a fraction of the cost.
+    """
+    c = x.shape[0]
+    others = [d for d in range(3) if d != axis]
+    n_in, n_out = x.shape[1 + axis], int(out_shape[axis])
+    along = interpolation_matrix(n_in, n_out, 1.0 / float(a[axis, axis]), mode, x.dtype, x.device)
+    x = torch.movedim(x, 1 + axis, 1)                                   # (C, L, P, Q)
+    p, q = x.shape[2:]
+    x = (along @ x.reshape(c, n_in, p * q)).reshape(c, n_out, p, q)
+    out_pq = [int(out_shape[d]) for d in others]
+    grid = affine_grid(a[others][:, others][None], (p, q), out_pq, x.device, x.dtype)
+    res = F.grid_sample(x.transpose(0, 1), grid.expand(n_out, -1, -1, -1),
+                        mode="bilinear" if mode == "linear" else "nearest",
+                        padding_mode="border", align_corners=True)      # (L, C, P', Q')
+    return torch.movedim(res.transpose(0, 1), 1, 1 + axis)
 
 
 def exact_permute(x: torch.Tensor, rot90: Sequence[int], flips: Sequence[bool]) -> torch.Tensor:

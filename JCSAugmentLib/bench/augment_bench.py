@@ -96,19 +96,22 @@ def run_augment_bench(device: str = "cpu", batch: int = 10, patch: int = 64, rep
     gen = torch.Generator().manual_seed(0)
     classes = torch.tensor([1 - (i % 2) for i in range(batch)])
 
-    def ours(centres):
+    def ours(centres, slice_wise=True):
         with torch.no_grad():
             draw = policy.sample(classes, gen)
         params = sample_tra_params(draw.choices, gen)
         out = augment_patches([dev_img] * batch, [dev_lab] * batch, centres, params, stats,
-                              patch_size)
+                              patch_size, slice_wise=slice_wise)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return out
 
     pipelines: Dict[str, Callable] = {"jcsaugment": ours}
+    if dev.type == "cpu":
+        pipelines["jcs-3d-only"] = lambda centres: ours(centres, slice_wise=False)
     peer_crop = nnunet_initial_patch(patch)
-    notes = {"jcsaugment": f"nnU-Net heuristic policy, class-specific, on {device}"}
+    notes = {"jcsaugment": f"nnU-Net heuristic policy, class-specific, on {device}",
+             "jcs-3d-only": "the same without slice-wise resampling (3-D grid_sample only)"}
     if peers:
         from .peers import available_peers
         for name, factory in available_peers().items():
@@ -123,7 +126,7 @@ def run_augment_bench(device: str = "cpu", batch: int = 10, patch: int = 64, rep
             notes[name] = f"CPU, crops of {peer_crop}^3"
     rng = np.random.default_rng(0)
     times: Dict[str, List[float]] = {k: [] for k in pipelines}
-    for name, fn in pipelines.items():  # warm-up (allocations, kernel choices)
+    for fn in pipelines.values():  # warm-up (allocations, kernel choices)
         fn(_centres(label, batch, rng))
     for _ in range(repeats):
         centres = _centres(label, batch, rng)
@@ -138,7 +141,7 @@ def run_augment_bench(device: str = "cpu", batch: int = 10, patch: int = 64, rep
                for k, v in times.items()}
     ours_rate = results["jcsaugment"]["patches_per_s"]
     ratios = {f"jcsaugment/{k}": ours_rate / v["patches_per_s"]
-              for k, v in results.items() if k != "jcsaugment"}
+              for k, v in results.items() if not k.startswith("jcs")}
     out = {"benchmark": "augment", "device": device, "batch": batch, "patch": patch,
            "repeats": repeats, "torch_threads": torch.get_num_threads(),
            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "

@@ -1,6 +1,5 @@
 """The TRA cascade: label validity, identity, seeding, magnitudes, exactness, bad input."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -282,3 +281,91 @@ def test_cpu_and_cuda_agree():
     b, bl = apply_tra(img.cuda(), lab.cuda(), params, stats.to("cuda"), PATCH)
     assert torch.allclose(a, b.cpu(), atol=1e-4)
     assert (al != bl.cpu()).float().mean() < 1e-3  # ties at exactly 0.5 may round differently
+
+
+# ---- cropping straight from volumes ---------------------------------------------------------
+
+def test_augment_patches_equals_apply_tra_on_centred_crops():
+    from JCSAugmentLib.augment import augment_patches
+    vol = smooth_batch(1, (30, 34, 38))[0]
+    lab = label_batch(1, (30, 34, 38))[0].to(torch.uint8)
+    ch = random_choices(8, 21)
+    ch[:, 13] = 0  # noise: one stream per call, drawn for a different sub-batch order
+    params = sample_tra_params(ch, torch.Generator().manual_seed(1))
+    centres = [(15, 17, 19), (2, 3, 4), (29, 33, 37), (10, 30, 5), (15, 0, 19), (0, 0, 0),
+               (20, 20, 20), (5, 17, 36)]  # several near or at the border: padding needed
+    stats = CaseStats.from_cases([{"mean": [0.1, 0.2], "std": [1.0, 0.8], "min": [-2.5, -3.0],
+                                   "max": [2.5, 3.0]}] * 8)
+    got, got_lab = augment_patches([vol] * 8, [lab] * 8, centres, params, stats, PATCH)
+    crop = required_crop_size(params, PATCH)
+    from JCSAugmentLib.augment.geometry import crop_around
+    imgs = torch.stack([crop_around(vol, c, crop, [-2.5, -3.0]) for c in centres])
+    labs = torch.stack([crop_around(lab, c, crop, 0) for c in centres])
+    want, want_lab = apply_tra(imgs, labs, params, stats, PATCH)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.equal(got_lab, want_lab)
+
+
+def test_crop_around_pads_per_channel_outside_the_volume():
+    from JCSAugmentLib.augment.geometry import crop_around
+    vol = torch.arange(2 * 4 * 5 * 6, dtype=torch.float32).reshape(2, 4, 5, 6)
+    inside = crop_around(vol, (2, 2, 3), (2, 3, 4))
+    assert torch.equal(inside, vol[:, 1:3, 1:4, 1:5])
+    out = crop_around(vol, (0, 0, 0), (4, 4, 4), pad_value=[-1.0, -2.0])
+    assert torch.equal(out[:, 2:, 2:, 2:], vol[:, :2, :2, :2])
+    assert (out[0, :2] == -1).all() and (out[1, :, :2] == -2).all()
+    assert (crop_around(vol, (50, 50, 50), (3, 3, 3), pad_value=7.0) == 7).all()
+
+
+def test_augment_patches_bad_input():
+    from JCSAugmentLib.augment import augment_patches
+    vol = smooth_batch(1, (20, 20, 20))[0]
+    lab = label_batch(1, (20, 20, 20))[0]
+    params = sample_tra_params(torch.zeros(2, 15, dtype=torch.long))
+    stats = CaseStats.from_patch(vol[None].repeat(2, 1, 1, 1, 1))
+    with pytest.raises(ValueError, match="one image, label and centre per sample"):
+        augment_patches([vol], [lab], [(5, 5, 5)], params, stats, PATCH)
+    with pytest.raises(ValueError, match="on the image's grid"):
+        augment_patches([vol, vol], [lab, lab[:, :-1]], [(5, 5, 5)] * 2, params, stats, PATCH)
+    with pytest.raises(TypeError, match="integer"):
+        augment_patches([vol, vol], [lab, lab.float()], [(5, 5, 5)] * 2, params, stats, PATCH)
+    bad = vol.clone()
+    bad[0, 10, 10, 10] = float("inf")
+    with pytest.raises(ValueError, match=r"samples \[1\]"):
+        augment_patches([vol, bad], [lab, lab], [(10, 10, 10)] * 2, params, stats, PATCH)
+
+
+def test_slice_wise_path_agrees_with_the_3d_resampling():
+    # scaling and rotations about one axis, with quarter turns and mirrors on top
+    b = 24
+    g = torch.Generator().manual_seed(3)
+    ch = torch.zeros(b, 15, dtype=torch.long)
+    ch[:, 0] = torch.randint(0, 6, (b,), generator=g)
+    axis = torch.arange(b) % 3
+    ch[torch.arange(b), 1 + axis] = torch.randint(1, 4, (b,), generator=g)
+    ch[torch.arange(b), 1 + (axis + 1) % 3] = torch.where(torch.rand(b, generator=g) < 0.3, 4, 0)
+    ch[:, 4:7] = torch.randint(0, 2, (b, 3), generator=g)
+    params = sample_tra_params(ch, g)
+    assert params.needs_resampling().all()
+    crop = required_crop_size(params, PATCH)
+    img = smooth_batch(b, crop, channels=1).double()
+    lab = label_batch(b, crop)
+    stats = CaseStats.from_patch(img)
+    fast, fast_lab = apply_tra(img, lab, params, stats, PATCH)
+    ref, ref_lab = apply_tra(img, lab, params, stats, PATCH, force_resampling=True)
+    assert torch.allclose(fast, ref, atol=1e-9)
+    assert (fast_lab == ref_lab).double().mean() > 0.999  # indicator ties at exactly 0.5
+
+
+def test_plane_resample_equals_3d_resampling():
+    x = smooth_batch(1, (20, 22, 24), channels=2).double()[0]
+    for axis in range(3):
+        a = (geometry.scaling_matrix(torch.tensor([1.2]))
+             @ geometry.rotation_matrix(axis, torch.tensor([17.0])))[0]
+        assert geometry.single_axis(a) == axis
+        ref = geometry.affine_resample(x[None], a[None], (14, 16, 18), padding_mode="border")[0]
+        assert torch.allclose(geometry.plane_resample(x, a, axis, (14, 16, 18)), ref,
+                              atol=1e-12)
+    two = (geometry.rotation_matrix(0, torch.tensor([10.0]))
+           @ geometry.rotation_matrix(1, torch.tensor([10.0])))[0]
+    assert geometry.single_axis(two) is None

@@ -6,18 +6,12 @@ Peers are optional: each peer test is skipped when its package is not installed.
 import importlib
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-try:
-    import JCSAugmentLib  # noqa: F401
-except ImportError:  # running from a checkout without an installed package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from JCSAugmentLib.bench import peers  # noqa: E402
+from JCSAugmentLib.bench import peers
 
 PATCH = (64, 64, 64)
 CROP = (96, 96, 96)

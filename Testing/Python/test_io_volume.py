@@ -2,15 +2,12 @@
 
 import os
 import pickle
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
 
 from JCSAugmentLib.io import (  # noqa: E402
     Volume,

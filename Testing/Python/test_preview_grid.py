@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
 
 import matplotlib.image as mpimg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
