@@ -61,6 +61,8 @@ def _load_tra_policy(spec: str):
 
 
 def _cmd_preview(args) -> int:
+    import os
+
     import numpy as np
     from .augment.preview import make_preview
     from .charts.preview_grid import draw_preview_grid
@@ -85,7 +87,10 @@ def _cmd_preview(args) -> int:
             key = r.name.split()[0]
             arrays[f"{key}_images"] = np.stack(r.images)
             arrays[f"{key}_labels"] = np.stack(r.labels)
-        np.savez_compressed(args.save_arrays, **arrays)
+        tmp = args.save_arrays + ".tmp"
+        with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a name
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, args.save_arrays)
     print(f"wrote {args.out}")
     return 0
 
@@ -161,6 +166,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (UsageError, VolumeError, PolicyFileError) as e:
         print(f"jcsaugment {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
