@@ -46,9 +46,22 @@ def _neutral(op: str) -> float:
     return 0.0 if op in ("rotate", "shift", "noise", "blur", "sharpen", "flip", "identity") else 1.0
 
 
-# Per group: nominal magnitudes per option (NaN for identity / flip / rot90) and the option ops.
-_NOMINAL = [torch.tensor([float("nan") if o.magnitude is None or o.op == "rot90" else o.magnitude
-                          for o in g.options], dtype=torch.float64) for g in TRA_GROUPS]
+def _per_option(fn, dtype=torch.float64):
+    """One lookup tensor per group: ``fn(option)`` for each of its options."""
+    return [torch.tensor([fn(o) for o in g.options], dtype=dtype) for g in TRA_GROUPS]
+
+
+# Per group and option: nominal magnitude (NaN where there is none to jitter), neutral value,
+# whether it is a quarter turn or a mirror, and the index of its operation among the group's
+# distinct operations (blur_sharpen has two: blur and sharpen).
+_NOMINAL = _per_option(lambda o: float("nan") if o.magnitude is None or o.op == "rot90"
+                       else o.magnitude)
+_NEUTRAL = _per_option(lambda o: _neutral(o.op))
+_IS_ROT90 = _per_option(lambda o: o.op == "rot90", torch.bool)
+_IS_FLIP = _per_option(lambda o: o.op == "flip", torch.bool)
+_GROUP_OPS = [list(dict.fromkeys(o.op for o in g.options[1:])) for g in TRA_GROUPS]
+_OP_ID = [torch.tensor([-1] + [ops.index(o.op) for o in g.options[1:]])
+          for g, ops in zip(TRA_GROUPS, _GROUP_OPS)]
 
 
 @dataclass
@@ -156,9 +169,7 @@ def sample_tra_params(choices: torch.Tensor, generator: Optional[torch.Generator
     values = torch.empty(b, N_GROUPS, dtype=torch.float64)
     for gi, g in enumerate(TRA_GROUPS):
         ch = choices[:, gi]
-        ops = [g.options[int(c)].op for c in ch]
-        neutral = torch.tensor([_neutral(op) for op in ops], dtype=torch.float64)
-        v = neutral.clone()
+        v = _NEUTRAL[gi][ch]
         m = _NOMINAL[gi][ch]
         if g.jitter is not None:
             j = g.jitter
@@ -171,10 +182,8 @@ def sample_tra_params(choices: torch.Tensor, generator: Optional[torch.Generator
             else:
                 jittered = u
             v = torch.where(torch.isnan(m), v, jittered)
-        is90 = torch.tensor([op == "rot90" for op in ops])
-        v = torch.where(is90, torch.where(coin[:, gi], -1.0, 1.0), v)
-        is_flip = torch.tensor([op == "flip" for op in ops])
-        values[:, gi] = torch.where(is_flip, 1.0, v)
+        v = torch.where(_IS_ROT90[gi][ch], torch.where(coin[:, gi], -1.0, 1.0), v)
+        values[:, gi] = torch.where(_IS_FLIP[gi][ch], 1.0, v)
     return TRAParams(choices, values, seed)
 
 
@@ -465,31 +474,25 @@ def _argmax_indicators(ind: torch.Tensor) -> torch.Tensor:
 
 
 def _intensity(img, params: TRAParams, stats: CaseStats):
+    """The intensity stage: each operation on the sub-batch of samples that drew it."""
     generator = None
     for name in _INTENSITY_ORDER:
         gi = TRA_GROUP_INDEX[name]
-        g = TRA_GROUPS[gi]
-        ch = params.choices[:, gi]
-        for opt_index, opt in enumerate(g.options):
-            if opt.op == "identity":
-                continue
-            # Group all samples whose option has this op (blur_sharpen has two ops).
-            if opt_index != next(i for i, o in enumerate(g.options) if o.op == opt.op):
-                continue
-            same_op = torch.tensor([g.options[int(k)].op == opt.op for k in ch])
-            idx = same_op.nonzero().flatten()
+        op_id = _OP_ID[gi][params.choices[:, gi]]
+        for k, op in enumerate(_GROUP_OPS[gi]):
+            idx = (op_id == k).nonzero().flatten()
             if not idx.numel():
                 continue
             dev_idx = idx.to(img.device)
             sub = img.index_select(0, dev_idx)
             mag = params.values[idx, gi]
             st = stats.select(dev_idx)
-            if opt.op == "noise":
+            if op == "noise":
                 if generator is None:
                     generator = torch.Generator(device=img.device)
                     generator.manual_seed(params.noise_seed)
                 sub = intensity.gaussian_noise(sub, mag, st, generator)
             else:
-                sub = intensity.INTENSITY_FUNCTIONS[opt.op](sub, mag, st)
+                sub = intensity.INTENSITY_FUNCTIONS[op](sub, mag, st)
             img.index_copy_(0, dev_idx, sub)
     return img
