@@ -5,18 +5,22 @@ each sample drew in each group (``choices``, (B, 15), from a policy) into concre
 magnitudes, ``apply_tra`` applies them. The same ``TRAParams`` always give the same patches, so a
 batch can be replayed (previews, tests, resumed runs).
 
-Application, per batch:
+Application, per batch (``apply_tra`` on enlarged crops, or ``augment_patches`` straight from
+whole volumes, which reads for each sample only the block its own transform needs):
 
-1. Spatial. Samples that drew a scaling or a small rotation get *one* trilinear resampling whose
-   matrix also holds their 90-degree turns and mirrors; image channels and per-class label
-   indicators are resampled together and labels are the argmax of the interpolated indicators
-   (so they keep only the input's label values). Every other sample gets exact array quarter
-   turns and flips; samples with no spatial op are a plain centre crop. The input is an
-   enlarged crop (``required_crop_size``) so that no padding ever enters the patch.
+1. Spatial. A sample with no spatial op is a crop; quarter turns and mirrors alone are exact
+   array permutations. A sample that drew a scaling or small rotations is resampled once, the
+   matrix holding its quarter turns and mirrors too: slice-wise where at most one axis rotates
+   (a 1-D interpolation along that axis and a batched 2-D grid_sample across it, equal to the
+   trilinear result up to rounding), else in one trilinear grid_sample shared by all such
+   samples. Image channels and per-class label indicators are resampled together and labels
+   are the argmax of the indicators, so they keep only the input's label values. The crop is
+   large enough (``required_crop_size``) that no padding ever enters the patch.
 2. Intensity, on the patch, in the reference code's order: noise, blur/sharpen, brightness shift,
    brightness scale, contrast, low resolution, inverted gamma, gamma; each only on the samples
    that drew it. (The reference code mirrors last; mirrors commute with every intensity op
-   here, so they are folded into step 1 at no cost.)
+   here, up to the sub-voxel alignment of the low-resolution grid, so they are folded into
+   step 1 at no cost.)
 """
 
 from __future__ import annotations
