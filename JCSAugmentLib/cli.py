@@ -108,6 +108,67 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+# command-line option -> dotted job field
+_TRAIN_OPTIONS = {
+    "backbone": "model.backbone", "patch_size": "model.patch_size",
+    "base_features": "model.base_features", "mode": "training.mode", "init": "training.init",
+    "epochs": "training.epochs", "iterations_per_epoch": "training.iterations_per_epoch",
+    "batch_size": "training.batch_size", "val_batch_size": "training.val_batch_size",
+    "tea_copies": "training.tea_copies", "policy_every": "training.policy_every",
+    "meta_grad": "training.meta_grad", "pretrained": "training.pretrained",
+    "device": "device", "seed": "seed", "time_budget": "time_budget_minutes",
+}
+
+
+def _cmd_train(args) -> int:
+    import os
+    from .run.job import Job, JobError, save_job
+    from .train.worker import run_worker
+    overrides = {field: (list(v) if isinstance(v, (list, tuple)) else v)
+                 for opt, field in _TRAIN_OPTIONS.items()
+                 if (v := getattr(args, opt)) is not None}
+    if args.dataset or args.out:
+        if not (args.dataset and args.out):
+            raise UsageError("--dataset and --out go together (or give a RUN_DIR with a "
+                             "job.json)")
+        if args.run_dir:
+            raise UsageError("give either RUN_DIR or --dataset/--out, not both")
+        run_dir = args.out
+        if os.path.exists(os.path.join(run_dir, "job.json")) and not args.resume:
+            raise UsageError(f"{run_dir} already holds a job.json: resume it with "
+                             f"'jcsaugment train {run_dir} --resume' or choose another --out")
+        if not args.resume:
+            data = {"dataset": os.path.abspath(args.dataset)}
+            if args.splits:
+                import json
+                with open(args.splits, encoding="utf-8") as f:
+                    data["splits"] = json.load(f)
+            try:
+                job = Job.from_dict({"schema": 1, "data": data}).with_overrides(overrides)
+            except JobError as e:
+                raise UsageError(str(e)) from None
+            os.makedirs(run_dir, exist_ok=True)
+            save_job(run_dir, job)
+    else:
+        if not args.run_dir:
+            raise UsageError("give a RUN_DIR holding job.json, or --dataset DIR --out RUN_DIR")
+        run_dir = args.run_dir
+        if overrides:
+            from .run.job import load_job
+            try:
+                save_job(run_dir, load_job(run_dir).with_overrides(overrides))
+            except JobError as e:
+                raise UsageError(str(e)) from None
+    return run_worker(run_dir, resume=args.resume, quiet=args.quiet)
+
+
+def _cmd_stop(args) -> int:
+    from .run.control import request_stop
+    request_stop(args.run_dir, reason="jcsaugment stop")
+    print(f"asked the worker of {args.run_dir} to stop after its current iteration")
+    return 0
+
+
 def _cmd_augment_demo(args) -> int:
     from .demo_augment import run_augment_demo
     run_augment_demo(args.out, seed=args.seed)
@@ -149,6 +210,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-peers", action="store_true", help="time our cascade only")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("train", help="train a network while learning its augmentation")
+    s.add_argument("run_dir", nargs="?", help="run folder holding job.json")
+    s.add_argument("--dataset", help="nnU-Net v2 raw or Decathlon folder (writes job.json)")
+    s.add_argument("--out", help="run folder to create with --dataset")
+    s.add_argument("--splits", help="splits.json: {\"train\": [ids], \"validation\": [ids], "
+                                    "\"test\": [ids]}")
+    s.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
+    s.add_argument("--quiet", action="store_true", help="no progress bar (for machines)")
+    s.add_argument("--backbone", choices=["unet3d", "deepmedic"])
+    s.add_argument("--mode", choices=["none", "heuristic", "randaugment-s", "randaugment-m",
+                                      "randaugment-l", "learned", "class-specific", "joint",
+                                      "tea-only"])
+    s.add_argument("--init", choices=["nnunet", "deepmedic"])
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--iterations-per-epoch", type=int)
+    s.add_argument("--patch-size", type=int, nargs=3, metavar=("D", "H", "W"))
+    s.add_argument("--base-features", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--val-batch-size", type=int)
+    s.add_argument("--tea-copies", type=int)
+    s.add_argument("--policy-every", type=int)
+    s.add_argument("--meta-grad", choices=["exact", "finite-difference"])
+    s.add_argument("--pretrained", help="checkpoint of a trained model (tea-only mode)")
+    s.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--time-budget", type=float, metavar="MINUTES")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("stop", help="ask a running worker to stop (it checkpoints first)")
+    s.add_argument("run_dir")
+    s.set_defaults(func=_cmd_stop)
 
     s = sub.add_parser("augment-demo", help="preview and policy pictures on a synthetic case")
     s.add_argument("--out", default="jcsaugment-demo", help="output folder")

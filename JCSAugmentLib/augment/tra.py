@@ -151,6 +151,14 @@ class TRAParams:
                 @ geometry.flip_matrix(self.flips()))
 
 
+def identity_params(n: int) -> TRAParams:
+    """Parameters that change nothing (a plain crop), for un-augmented patches."""
+    choices = torch.zeros(n, N_GROUPS, dtype=torch.long)
+    values = torch.stack([_NEUTRAL[gi][choices[:, gi]] for gi in range(N_GROUPS)], 1) if n else \
+        torch.zeros(0, N_GROUPS, dtype=torch.float64)
+    return TRAParams(choices, values, 0)
+
+
 def sample_tra_params(choices: torch.Tensor, generator: Optional[torch.Generator] = None
                       ) -> TRAParams:
     """Random training-time magnitudes for the options in ``choices`` (B, 15).

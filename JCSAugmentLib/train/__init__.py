@@ -1,0 +1,1 @@
+"""Training: modes, the meta-learning trainer and the run-folder worker."""
