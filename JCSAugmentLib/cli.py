@@ -96,12 +96,16 @@ def _cmd_preview(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench.augment_bench import run_augment_bench
-    if args.what != "augment":
-        raise UsageError(f"unknown benchmark {args.what!r} (available: augment)")
-    result = run_augment_bench(device=args.device, batch=args.batch, patch=args.patch,
-                               repeats=args.repeats, peers=not args.no_peers,
-                               print_table=not args.json)
+    if args.what == "meta":
+        from .bench.meta_bench import run_meta_bench
+        result = run_meta_bench(device=args.device, patch=args.patch or 48,
+                                batch=args.batch or 4, iterations=args.repeats or 3,
+                                print_table=not args.json)
+    else:
+        from .bench.augment_bench import run_augment_bench
+        result = run_augment_bench(device=args.device, batch=args.batch or 10,
+                                   patch=args.patch or 64, repeats=args.repeats or 5,
+                                   peers=not args.no_peers, print_table=not args.json)
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -202,11 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_preview)
 
     s = sub.add_parser("bench", help="benchmarks (side-by-side ratios with the peers)")
-    s.add_argument("what", choices=["augment"])
+    s.add_argument("what", choices=["augment", "meta"],
+                   help="augment: TRA patches/s vs the peers; meta: s/iteration of joint "
+                        "learning vs heuristic TRA")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    s.add_argument("--batch", type=int, default=10)
-    s.add_argument("--patch", type=int, default=64, help="cubic patch edge")
-    s.add_argument("--repeats", type=int, default=5, help="timed batches per pipeline")
+    s.add_argument("--batch", type=int, help="batch size (augment 10, meta 4)")
+    s.add_argument("--patch", type=int, help="cubic patch edge (augment 64, meta 48)")
+    s.add_argument("--repeats", type=int,
+                   help="timed batches per pipeline (augment 5) or blocks of 10 iterations "
+                        "(meta 3)")
     s.add_argument("--no-peers", action="store_true", help="time our cascade only")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_bench)
