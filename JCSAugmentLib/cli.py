@@ -166,6 +166,29 @@ def _cmd_train(args) -> int:
     return run_worker(run_dir, resume=args.resume, quiet=args.quiet)
 
 
+def _cmd_predict(args) -> int:
+    from .infer.predict import PredictionError, predict_cases
+    images = [f.split(",") for f in (args.image or [])]
+    if args.split:
+        from .run.job import load_job
+        from .train.trainer import dataset_and_splits
+        dataset, splits = dataset_and_splits(load_job(args.run), args.run)
+        images += [dataset.case(cid).images for cid in splits[args.split]]
+    if not images:
+        raise UsageError("give --image FILE (channels of one case joined by commas; repeat "
+                         "for more cases) or --split test")
+    try:
+        records = predict_cases(args.run, images, args.out, tea=args.tea, z=args.z,
+                                uncertainty=args.uncertainty, checkpoint=args.checkpoint,
+                                device=args.device, progress=print)
+    except PredictionError as e:
+        raise UsageError(str(e)) from None
+    for r in records:
+        print(f"wrote {r['prediction']}" + (f" and {r['uncertainty']}" if "uncertainty" in r
+                                            else ""))
+    return 0
+
+
 def _cmd_stop(args) -> int:
     from .run.control import request_stop
     request_stop(args.run_dir, reason="jcsaugment stop")
@@ -246,6 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--time-budget", type=float, metavar="MINUTES")
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("predict", help="segment images with a trained run and TEA")
+    s.add_argument("--run", required=True, help="the run folder")
+    s.add_argument("--image", action="append",
+                   help="an image to segment (channels of one case joined by commas); repeat")
+    s.add_argument("--split", choices=["train", "validation", "test"],
+                   help="segment every case of this split of the run's dataset")
+    s.add_argument("--out", required=True, help="output folder (one label map per case)")
+    s.add_argument("--tea", default="learned", choices=["learned", "heuristic", "none"])
+    s.add_argument("--z", type=int, help="learned TEA: how many top ops (8 U-Net, 4 DeepMedic)")
+    s.add_argument("--uncertainty", action="store_true",
+                   help="also write a voxel-wise TEA disagreement map")
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("stop", help="ask a running worker to stop (it checkpoints first)")
     s.add_argument("run_dir")

@@ -314,6 +314,33 @@ def _label_dtype(max_value: int, case_id: str):
                     f"{np.iinfo(np.int16).max} supported)")
 
 
+def preprocess_image(image, settings: Optional[PreprocessSettings] = None,
+                     ct_dataset_stats: Optional[Mapping] = None,
+                     modality: Optional[Sequence[str]] = None, roi: Optional[np.ndarray] = None,
+                     case_id: str = "?"):
+    """Normalise and resample an image ``Volume`` exactly as training cases are (for
+    inference): returns ``(data (C, Z, Y, X) float32, spacing (z, y, x), SourceGeometry)``."""
+    settings = settings or PreprocessSettings()
+    n_ch = image.num_channels
+    modes = settings.channel_modes(n_ch, modality, case_id)
+    if "ct" in modes:
+        if ct_dataset_stats is None:
+            raise DataError(f"case '{case_id}': CT normalisation needs the training set's "
+                            "statistics")
+        _check_ct_stats(ct_dataset_stats, n_ch, case_id)
+    geom = SourceGeometry(image.spacing, image.origin, image.direction, image.size)
+    data = _normalise(image.array, modes, roi, ct_dataset_stats)
+    spacing_zyx = tuple(float(s) for s in image.spacing[::-1])
+    if settings.target_spacing is not None and not np.allclose(
+            settings.target_spacing, spacing_zyx, rtol=1e-6, atol=0):
+        target_xyz = tuple(settings.target_spacing[::-1])
+        size = _target_size(geom, target_xyz)
+        data = np.stack([_resample(data[c], geom, target_xyz, size, sitk.sitkLinear)
+                         for c in range(n_ch)])
+        spacing_zyx = tuple(float(s) for s in settings.target_spacing)
+    return np.ascontiguousarray(data, dtype=np.float32), spacing_zyx, geom
+
+
 def preprocess_case(spec: CaseSpec, settings: Optional[PreprocessSettings] = None,
                     ct_dataset_stats: Optional[Mapping] = None,
                     modality: Optional[Sequence[str]] = None) -> Case:

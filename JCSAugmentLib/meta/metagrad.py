@@ -88,7 +88,9 @@ def _split(model: nn.Module):
 def meta_gradient(model: nn.Module, loss_fn: PerSampleLoss, val_loss_fn: ScalarLoss,
                   x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
                   y_val: torch.Tensor, alpha: float, method: str = "exact",
-                  val_forward: Optional[Callable] = None, fd_radius: float = 0.01) -> MetaStep:
+                  val_forward: Optional[Callable] = None, fd_radius: float = 0.01,
+                  reduce: Optional[Callable[[List[torch.Tensor]], List[torch.Tensor]]] = None,
+                  world: int = 1) -> MetaStep:
     """dL_val/dw_i for every training sample, and the training gradient for the model step.
 
     ``val_forward(f, x_val)``, if given, replaces ``f(x_val)`` for the validation forward
@@ -96,6 +98,9 @@ def meta_gradient(model: nn.Module, loss_fn: PerSampleLoss, val_loss_fn: ScalarL
     TEA-transformed validation patches and invert the predictions. ``fd_radius``: the length
     of the finite-difference step in parameter space (``R = fd_radius / ||v||``; 0.01 as the
     reference code; piecewise-linear activations make the estimate first-order accurate in it).
+    ``reduce`` / ``world``: with several processes, the function that averages a list of
+    tensors across them and their number; the training gradient and ``v`` are then those of
+    the global batch of ``n * world`` samples, and ``g`` is exact for it.
     """
     if method not in METHODS:
         raise ValueError(f"meta-gradient method must be one of {', '.join(METHODS)}, got "
@@ -115,6 +120,8 @@ def meta_gradient(model: nn.Module, loss_fn: PerSampleLoss, val_loss_fn: ScalarL
         raise ValueError(f"loss_fn must return one loss per sample ({n}), got "
                          f"{tuple(losses.shape)}")
     grads = torch.autograd.grad(losses.mean(), [params[k] for k in names])
+    if reduce is not None:
+        grads = reduce(list(grads))
 
     # Inner step and v = grad L_val(theta*).
     theta_star = {k: (params[k] - alpha * gk).detach().requires_grad_(True)
@@ -125,13 +132,15 @@ def meta_gradient(model: nn.Module, loss_fn: PerSampleLoss, val_loss_fn: ScalarL
         # resolution output is scored) have v = 0.
         v = torch.autograd.grad(val_loss, [theta_star[k] for k in names], allow_unused=True)
         v = [torch.zeros_like(theta_star[k]) if vk is None else vk for k, vk in zip(names, v)]
+        if reduce is not None:
+            v = reduce(v)
         if method == "exact":
             directional = _jvp_losses(model, names, params, buffers, loss_fn, x_train, y_train,
                                       v)
         else:
             directional = _finite_difference(model, names, params, buffers, loss_fn, x_train,
                                              y_train, v, fd_radius)
-    g = (-alpha / n) * directional.detach().to(torch.float64).cpu()
+    g = (-alpha / (n * world)) * directional.detach().to(torch.float64).cpu()
     return MetaStep(g, losses.detach(), float(val_loss.detach()), [gk.detach() for gk in grads])
 
 

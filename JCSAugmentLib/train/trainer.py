@@ -43,9 +43,33 @@ from ..policy import (assign_gradients, make_tea_policy, make_tra_policy, tea_lo
                       tra_logit_gradients)
 from ..run.checkpoint import load_checkpoint, pack_rng_states, unpack_rng_states
 from ..run.job import Job
+from .distributed import DistContext, rank_device
 from .modes import mode_spec
 
 CHECKPOINT_KIND = "jcsaugment-trainer"
+
+
+def dataset_and_splits(job: Job, base_dir: str):
+    """The job's dataset (a folder, or the listed cases with paths relative to ``base_dir``)
+    and its train / validation / test split (given, or drawn from the split seed)."""
+    def resolve(p):
+        return p if p is None or os.path.isabs(p) else os.path.join(base_dir, p)
+
+    d = job.data
+    if d.dataset is not None:
+        dataset = discover_dataset(resolve(d.dataset))
+    else:
+        entries = [{"id": c.id, "images": [resolve(p) for p in c.images],
+                    "label": resolve(c.label), "roi": resolve(c.roi) if c.roi else None}
+                   for c in d.cases]
+        dataset = dataset_from_list(entries)
+    ids = dataset.case_ids()
+    if d.splits is not None:
+        splits = load_splits(d.splits, ids)
+    else:
+        fr = d.split_fractions
+        splits = make_splits(ids, d.split_seed, (fr["train"], fr["validation"], fr["test"]))
+    return dataset, splits
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -80,8 +104,13 @@ class Trainer:
 
     def __init__(self, job: Job, base_dir: str, cache_dir: Optional[str] = None,
                  on_event: Optional[Callable[..., None]] = None,
-                 progress: Optional[Callable[[str, int, int], None]] = None):
+                 progress: Optional[Callable[[str, int, int], None]] = None,
+                 dist: Optional[DistContext] = None):
+        self.dist = dist or DistContext()
         self.job = job.resolved()
+        per_rank_device = rank_device(self.job.device, self.dist)
+        if per_rank_device:
+            self.job.device = per_rank_device
         self.base_dir = base_dir
         self.cache_dir = cache_dir or os.path.join(base_dir, "cache")
         self.on_event = on_event or (lambda kind, **kw: None)
@@ -89,9 +118,10 @@ class Trainer:
         self.mode = mode_spec(self.job.training.mode)
         self.device = resolve_device(self.job.device)
         seed = self.job.seed
-        torch.manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
-        self.gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # the same initial network on every rank
+        # each rank its own patches and draws; rank 0 of a single process is the plain seed
+        self.rng = np.random.default_rng([seed, self.dist.rank] if self.dist.active else seed)
+        self.gen = torch.Generator().manual_seed(seed + 1_000_003 * self.dist.rank)
         self.iteration = 0
         self.policy_updates = 0
         self.best_metric = -math.inf
@@ -105,23 +135,12 @@ class Trainer:
 
     def _prepare_data(self):
         d = self.job.data
-        if d.dataset is not None:
-            dataset = discover_dataset(self._resolve(d.dataset))
-        else:
-            entries = [{"id": c.id, "images": [self._resolve(p) for p in c.images],
-                        "label": self._resolve(c.label),
-                        "roi": self._resolve(c.roi) if c.roi else None} for c in d.cases]
-            dataset = dataset_from_list(entries)
-        ids = dataset.case_ids()
-        if d.splits is not None:
-            splits = load_splits(d.splits, ids)
-        else:
-            fr = d.split_fractions
-            splits = make_splits(ids, d.split_seed, (fr["train"], fr["validation"], fr["test"]))
+        dataset, splits = dataset_and_splits(self.job, self.base_dir)
         self.dataset, self.splits = dataset, splits
         settings = PreprocessSettings(
             target_spacing=tuple(d.target_spacing) if d.target_spacing else None,
             normalisation=d.normalisation)
+        self.settings = settings
 
         def report(stage):
             return lambda done, total, case_id: self.progress(f"{stage}: {case_id}", done, total)
@@ -136,6 +155,7 @@ class Trainer:
             import json
             with open(ct_file, encoding="utf-8") as f:
                 ct_stats = json.load(f)
+        self.ct_stats = ct_stats
         self.val_cases = preprocess_dataset(dataset.subset(splits["validation"]), settings,
                                             self.cache_dir,
                                             report("preprocessing validation cases"),
@@ -151,10 +171,20 @@ class Trainer:
         j, t = self.job, self.job.training
         overrides = (dict(base=j.model.base_features, deep_supervision=j.model.deep_supervision)
                      if j.model.backbone == "unet3d" else {})
+        # everything inference needs to rebuild this network, kept in every checkpoint
+        self.network_spec = {"backbone": j.model.backbone, "in_channels": self.in_channels,
+                             "num_classes": self.num_classes,
+                             "patch_size": list(j.model.patch_size),
+                             "spacing": list(self.train_cases[0].spacing),
+                             "overrides": overrides}
         self.model, self.info = build_network(
             j.model.backbone, self.in_channels, self.num_classes, tuple(j.model.patch_size),
             spacing=self.train_cases[0].spacing, **overrides)
         self.model.to(self.device)
+        self.dist.broadcast_module(self.model)
+        if self.dist.active and len(self.train_cases) >= self.dist.world:
+            # shard the training cases by rank (each rank still draws from all classes)
+            self.train_cases = self.train_cases[self.dist.rank::self.dist.world]
         # The labelled (output) patch must fit in every case; DeepMedic's wider input context may
         # reach outside the volume (augment_patches pads it).
         patch = tuple(self.info.output_size)
@@ -278,17 +308,19 @@ class Trainer:
                 val_forward = self._tea_val_forward(vstats) if self.mode.learn_tea else None
                 step = meta_gradient(self.model, self.info.per_sample_loss, self._val_loss, x, y,
                                      xv, yv, alpha=lr, method=t.meta_grad,
-                                     val_forward=val_forward)
+                                     val_forward=val_forward,
+                                     reduce=self.dist.all_reduce_mean if self.dist.active
+                                     else None, world=self.dist.world)
                 grads = step.grads
                 losses["train"] = float(step.train_losses.mean())
                 losses["val"] = step.val_loss
                 pg = tra_logit_gradients(self.tra, tra_draw, step.g, classes, normalise=True)
-                assign_gradients(self.tra.parameters(), pg)
+                assign_gradients(self.tra.parameters(), self.dist.all_reduce_mean(pg))
                 self.tra_opt.step()
                 updated = True
             else:
                 loss = self.info.per_sample_loss(self.model(x), y).mean()
-                grads = torch.autograd.grad(loss, params)
+                grads = self.dist.all_reduce_mean(list(torch.autograd.grad(loss, params)))
                 losses["train"] = float(loss.detach())
             for p, gr in zip(params, grads):
                 p.grad = gr.detach().clone()
@@ -321,7 +353,7 @@ class Trainer:
         finally:
             self.model.train()
         grad = tea_logit_gradient(self.tea, tea_draw, res.g, normalise=True)
-        assign_gradients([self.tea.logits], [grad])
+        assign_gradients([self.tea.logits], self.dist.all_reduce_mean([grad]))
         self.tea_opt.step()
         return res.loss
 
@@ -367,6 +399,11 @@ class Trainer:
             "tea_opt": self.tea_opt.state_dict() if self.tea_opt else None,
             "rng": pack_rng_states({"data": self.rng}, {"policy": self.gen}),
             "class_names": list(self.tra.class_names),
+            "network": self.network_spec,
+            "preprocess": {"settings": self.settings.to_dict(),
+                           "modality": list(self.dataset.modality or []),
+                           "ct_statistics": self.ct_stats,
+                           "channel_names": list(self.dataset.channel_names or [])},
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
         }
@@ -385,7 +422,15 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.policy_updates = int(state.get("policy_updates", 0))
         self.best_metric = float(state.get("best_metric", -math.inf))
-        return unpack_rng_states(state["rng"], {"data": self.rng}, {"policy": self.gen})
+        warnings = unpack_rng_states(state["rng"], {"data": self.rng}, {"policy": self.gen})
+        if self.dist.active and self.dist.rank > 0:
+            # the checkpoint holds rank 0's streams: give the other ranks fresh, distinct ones
+            # (a resumed multi-process run is therefore not bit-for-bit, a single process is)
+            seed = self.job.seed
+            self.rng = np.random.default_rng([seed, self.dist.rank, self.iteration])
+            self.gen = torch.Generator().manual_seed(seed + 1_000_003 * self.dist.rank
+                                                     + self.iteration)
+        return warnings
 
     def policy_summary(self) -> Dict:
         tra = {name: [p.tolist() for p in pol.probabilities()]

@@ -65,16 +65,25 @@ class _Progress:
         self.stream.flush()
 
 
-def _status(run_dir, state, **fields):
+def _write_status(run_dir, state, **fields):
     fields.setdefault("pid", os.getpid())
     fields["state"] = state
     fields["updated_at"] = time.time()
     write_status(run_dir, fields)
 
 
+class _Silent:
+    """Stands in for the event writer on ranks other than 0 (only rank 0 writes the folder)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def run_worker(run_dir: str, resume: bool = False, quiet: bool = False,
                stream: Optional[TextIO] = None) -> int:
-    """Run (or resume) the job in ``run_dir``; returns the exit code."""
+    """Run (or resume) the job in ``run_dir``; returns the exit code. Under torchrun every
+    rank calls this; rank 0 owns the run folder."""
+    from .distributed import from_environment
     stream = None if quiet else (stream or sys.stderr)
     run_dir = os.path.abspath(run_dir)
     try:
@@ -83,6 +92,16 @@ def run_worker(run_dir: str, resume: bool = False, quiet: bool = False,
     except (JobError, OSError) as e:
         _refuse(run_dir, str(e), stream)
         return EXIT_REFUSED
+    ctx = from_environment(job.device)
+    try:
+        if not ctx.is_main:
+            return _train(run_dir, job, resume, _Silent(), None, {"name": None}, ctx)
+        return _run_main(run_dir, job, resume, stream, ctx)
+    finally:
+        ctx.close()
+
+
+def _run_main(run_dir, job, resume, stream, ctx) -> int:
     lock_warnings = []
     try:
         lock = RunLock(run_dir, on_warning=lock_warnings.append).acquire()
@@ -105,7 +124,7 @@ def run_worker(run_dir: str, resume: bool = False, quiet: bool = False,
         # A stop file left by the previous worker must not stop this one (resume included);
         # a stop asked for from now on is honoured.
         clear_stop(run_dir)
-        return _train(run_dir, job, resume, events, stream, stop_signal)
+        return _train(run_dir, job, resume, events, stream, stop_signal, ctx)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -119,16 +138,23 @@ def _refuse(run_dir: str, message: str, stream):
     try:  # tell a GUI that polls the folder, if the folder takes writes at all
         with EventWriter(run_dir) as ev:
             ev.error(message, None)
-        _status(run_dir, "failed", last_error=message)
+        _write_status(run_dir, "failed", last_error=message)
     except OSError:
         pass
 
 
-def _train(run_dir, job, resume, events, stream, stop_signal) -> int:
+def _train(run_dir, job, resume, events, stream, stop_signal, ctx) -> int:
     from ..policy.policy_json import save_policy
     from .trainer import Trainer
 
+    main = ctx.is_main
     started = time.time()
+    if not main:  # only rank 0 touches status.json, policy.json, previews and checkpoints
+        def _status(*_a, **_k):
+            return None
+        save_policy = _rank_policy_saver(run_dir, ctx)
+    else:
+        _status = _write_status
     _status(run_dir, "starting", started_at=started)
     trainer = None
     try:
@@ -137,7 +163,7 @@ def _train(run_dir, job, resume, events, stream, stop_signal) -> int:
             if stream:
                 stream.write(f"{stage} ({done}/{total})\n")
 
-        trainer = Trainer(job, run_dir, progress=progress)
+        trainer = Trainer(job, run_dir, progress=progress, dist=ctx)
         if resume:
             path = last_checkpoint_path(run_dir)
             if not os.path.exists(path):
@@ -157,13 +183,14 @@ def _train(run_dir, job, resume, events, stream, stop_signal) -> int:
         start_iteration = trainer.iteration
         budget = job.time_budget_minutes
         last_event = 0.0
-        if trainer.iteration == 0:
+        if trainer.iteration == 0 and main:
             _save_policy(run_dir, trainer, events, save_policy)
             _preview(run_dir, trainer, events)
         while trainer.iteration < total:
-            reason = _stop_reason(run_dir, stop_signal, budget, started)
-            if reason:
-                return _finish(run_dir, trainer, events, save_policy, reason, started)
+            reason = _stop_reason(run_dir, stop_signal, budget, started) if main else None
+            if ctx.any(reason is not None):  # rank 0 decides for all ranks
+                return _finish(run_dir, trainer, events, save_policy, reason or "stopped",
+                               started, ctx)
             res = trainer.step()
             it, epoch = trainer.iteration, (trainer.iteration - 1) // t.iterations_per_epoch
             now = time.time()
@@ -175,6 +202,8 @@ def _train(run_dir, job, resume, events, stream, stop_signal) -> int:
                         epoch=epoch, eta_seconds=bar.eta(it, start_iteration), losses=res.losses)
                 last_event = now
             bar.show(it, start_iteration, epoch, res.losses)
+            if not main:
+                continue
             if res.policy_updated:
                 _save_policy(run_dir, trainer, events, save_policy)
                 if t.preview_every and trainer.policy_updates % t.preview_every == 0:
@@ -186,7 +215,7 @@ def _train(run_dir, job, resume, events, stream, stop_signal) -> int:
                 _validate(run_dir, trainer, events, epoch)
         if stream and bar.tty:
             stream.write("\n")
-        return _finish(run_dir, trainer, events, save_policy, "completed", started)
+        return _finish(run_dir, trainer, events, save_policy, "completed", started, ctx)
     except Exception as e:  # the worker's job is to report, not to crash silently
         message = f"{type(e).__name__}: {e}"
         events.error(message, traceback_tail(e))
@@ -256,7 +285,22 @@ def _validate(run_dir, trainer, events, epoch):
     return metrics
 
 
-def _finish(run_dir, trainer, events, save_policy, reason, started) -> int:
+def _rank_policy_saver(run_dir, ctx):
+    """Ranks other than 0 keep their final policies beside rank 0's (to check they agree)."""
+    def save(path, tra, tea, meta=None):
+        from ..policy.policy_json import save_policy
+        folder = os.path.join(run_dir, "ranks")
+        os.makedirs(folder, exist_ok=True)
+        save_policy(os.path.join(folder, f"policy_rank{ctx.rank}.json"), tra, tea, meta)
+    return save
+
+
+def _finish(run_dir, trainer, events, save_policy, reason, started, ctx) -> int:
+    if not ctx.is_main:
+        _save_policy(run_dir, trainer, events, save_policy)
+        return EXIT_OK
+    if ctx.active:  # rank 0's copy for the same check
+        _save_policy(run_dir, trainer, events, _rank_policy_saver(run_dir, ctx))
     t = trainer.job.training
     epoch = max(0, (trainer.iteration - 1) // t.iterations_per_epoch)
     metrics = _validate(run_dir, trainer, events, epoch) if reason == "completed" else {}
@@ -268,6 +312,6 @@ def _finish(run_dir, trainer, events, save_policy, reason, started) -> int:
                "stop": stop}
     events.finished(reason, {"checkpoint": path, "policy": os.path.join(run_dir, "policy.json")},
                     summary)
-    _status(run_dir, "stopped" if reason == "stopped" else "finished", started_at=started,
+    _write_status(run_dir, "stopped" if reason == "stopped" else "finished", started_at=started,
             iteration=trainer.iteration, of=trainer.job.total_iterations, reason=reason)
     return EXIT_OK

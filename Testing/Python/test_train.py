@@ -195,3 +195,50 @@ def test_worker_refuses_a_bad_job_with_a_clear_error(tmp_path, capsys):
     assert "training.mode" in err and "joint" in err
     assert read_events(run)[-1]["kind"] == "error"
     assert read_status(run)["state"] == "failed"
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_training_keeps_the_policies_identical(cases, tmp_path):
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    save_job(run, job_dict(cases, "joint", its=2, preview_every=0))
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+         "-m", "JCSAugmentLib", "train", run, "--quiet"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from JCSAugmentLib.policy import load_policy, make_tea_policy, make_tra_policy
+    tra0, tea0, _ = load_policy(os.path.join(run, "ranks", "policy_rank0.json"))
+    tra1, tea1, _ = load_policy(os.path.join(run, "ranks", "policy_rank1.json"))
+    for a, b in zip(tra0.parameters(), tra1.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(tea0.logits, tea1.logits)
+    start = make_tra_policy("nnunet")
+    assert any(not torch.allclose(a, b) for a, b in zip(tra0.parameters(), start.parameters()))
+    assert not torch.allclose(tea0.logits, make_tea_policy("nnunet").logits)
+    assert read_events(run)[-1]["reason"] == "completed"
+
+
+def test_a_case_without_foreground_fails_before_training_with_its_name(cases, tmp_path):
+    empty = dict(cases[1])
+    img = sitk.ReadImage(empty["label"])
+    blank = sitk.Image(img.GetSize(), img.GetPixelID())
+    blank.CopyInformation(img)
+    empty["label"] = str(tmp_path / "blank.nii.gz")
+    sitk.WriteImage(blank, empty["label"])
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    save_job(run, job_dict([cases[0], empty, cases[2], cases[3]], "joint"))
+    assert run_worker(run, quiet=True) == 1
+    err = read_events(run)[-1]
+    assert err["kind"] == "error" and "c1" in err["message"] and "foreground" in err["message"]
+    assert read_status(run)["state"] == "failed"
+    assert not os.path.exists(os.path.join(run, "checkpoints", "last.pt"))
