@@ -96,7 +96,12 @@ def _cmd_preview(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    if args.what == "meta":
+    if args.what == "infer":
+        from .bench.infer_bench import run_infer_bench
+        result = run_infer_bench(device=args.device, size=tuple(args.size),
+                                 patch=args.patch or 64, base_features=args.base_features,
+                                 print_table=not args.json)
+    elif args.what == "meta":
         from .bench.meta_bench import run_meta_bench
         result = run_meta_bench(device=args.device, patch=args.patch or 48,
                                 batch=args.batch or 4, iterations=args.repeats or 3,
@@ -189,10 +194,28 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_policy(args) -> int:
+    import os
+    from .charts.policy_chart import draw_policy_file
+    path = args.run if args.run.endswith(".json") else os.path.join(args.run, "policy.json")
+    if not os.path.exists(path):
+        raise UsageError(f"{path} not found: give a run folder (its policy.json) or a policy "
+                         f"JSON file")
+    draw_policy_file(path, args.out, initial=None if args.initial == "none" else args.initial)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_stop(args) -> int:
     from .run.control import request_stop
     request_stop(args.run_dir, reason="jcsaugment stop")
     print(f"asked the worker of {args.run_dir} to stop after its current iteration")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(args.out, quick=args.quick, device=args.device)
     return 0
 
 
@@ -229,9 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_preview)
 
     s = sub.add_parser("bench", help="benchmarks (side-by-side ratios with the peers)")
-    s.add_argument("what", choices=["augment", "meta"],
+    s.add_argument("what", choices=["augment", "meta", "infer"],
                    help="augment: TRA patches/s vs the peers; meta: s/iteration of joint "
-                        "learning vs heuristic TRA")
+                        "learning vs heuristic TRA; infer: one volume with TEA z = 1, 4, 8")
+    s.add_argument("--size", type=int, nargs=3, default=(155, 240, 240), metavar=("Z", "Y", "X"),
+                   help="infer: volume size")
+    s.add_argument("--base-features", type=int, default=10, help="infer: U-Net base width")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     s.add_argument("--batch", type=int, help="batch size (augment 10, meta 4)")
     s.add_argument("--patch", type=int, help="cubic patch edge (augment 64, meta 48)")
@@ -285,9 +311,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_cmd_predict)
 
+    s = sub.add_parser("policy", help="draw a run's learned policies (TRA pies, TEA bars)")
+    s.add_argument("run", help="run folder (reads policy.json) or a policy JSON file")
+    s.add_argument("--out", required=True, help="PNG to write")
+    s.add_argument("--initial", default="nnunet", choices=["nnunet", "deepmedic", "none"],
+                   help="the heuristic to compare with (the run's own when it says)")
+    s.set_defaults(func=_cmd_policy)
+
+    from .evaluate.evaluate_folders import add_evaluate_arguments, run_evaluate_from_args
+    s = sub.add_parser("evaluate", help="DSC, sensitivity, precision, HD95 of label maps")
+    add_evaluate_arguments(s)
+    s.set_defaults(func=run_evaluate_from_args)
+
     s = sub.add_parser("stop", help="ask a running worker to stop (it checkpoints first)")
     s.add_argument("run_dir")
     s.set_defaults(func=_cmd_stop)
+
+    from .synth import add_synth_arguments, run_synth_from_args
+    s = sub.add_parser("synth", help="write the synthetic two-site dataset (nnU-Net layout)")
+    add_synth_arguments(s)
+    s.set_defaults(func=run_synth_from_args)
+
+    s = sub.add_parser("demo", help="the main job: heuristic vs joint learning on the "
+                                    "synthetic dataset, with a report")
+    s.add_argument("--out", default="jcsaugment-demo", help="report folder")
+    s.add_argument("--quick", action="store_true", help="one seed, a short budget (~2 min)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("augment-demo", help="preview and policy pictures on a synthetic case")
     s.add_argument("--out", default="jcsaugment-demo", help="output folder")
@@ -298,11 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from .evaluate.evaluate_folders import EvaluationError
     from .io.volume import VolumeError
     from .policy.policy_json import PolicyFileError
     try:
         return args.func(args)
-    except (UsageError, VolumeError, PolicyFileError) as e:
+    except (UsageError, VolumeError, PolicyFileError, EvaluationError) as e:
         print(f"jcsaugment {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head & co.

@@ -237,7 +237,8 @@ def _stop_reason(run_dir, stop_signal, budget, started) -> Optional[str]:
 def _save_policy(run_dir, trainer, events, save_policy):
     save_policy(os.path.join(run_dir, "policy.json"), trainer.tra, trainer.tea,
                 meta={"iteration": trainer.iteration, "mode": trainer.job.training.mode,
-                      "backbone": trainer.job.model.backbone})
+                      "backbone": trainer.job.model.backbone,
+                      "init": trainer.job.training.init})
     summary = trainer.policy_summary()
     events.policy(trainer.iteration, summary["tra"], summary["tea"])
 
