@@ -73,6 +73,12 @@ Why this shift:
     the same size, so the quarter turn is exact and keeps the array shape; with ``H != W``
     site-B arrays are ``(D, W, H)``.
 
+Measured once (2026-11-26, CPU, seed 0; a proxy, not the project's trainer): a small 2-D U-Net
+trained on the in-plane slices of 8 site-A cases for 300 steps with random flips only scored
+foreground Dice 0.88 on held-out site-A cases, 0.38 on site B, and 0.88 on site B under TEA
+rot90 about axis 0 (either direction); the same run with a 90-degree in-plane turn at p 0.5
+added to the flips scored 0.82 on site A and 0.81 on site B.
+
 ``shift="none"`` writes the same dataset with site B drawn from site A's distribution (no
 rotation): the control run for the demo.
 

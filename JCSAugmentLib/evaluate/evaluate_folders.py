@@ -40,7 +40,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import tempfile
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
