@@ -314,28 +314,42 @@ def _label_dtype(max_value: int, case_id: str):
                     f"{np.iinfo(np.int16).max} supported)")
 
 
+def _check_modes(settings, n_ch, modality, ct_dataset_stats, case_id):
+    modes = settings.channel_modes(n_ch, modality, case_id)
+    if "ct" in modes:
+        if ct_dataset_stats is None:
+            ct_channels = [c for c, m in enumerate(modes) if m == "ct"]
+            raise DataError(f"case '{case_id}': channel(s) {ct_channels} are CT-normalised but "
+                            "no dataset statistics were given; compute them with "
+                            "ct_statistics(training cases)")
+        _check_ct_stats(ct_dataset_stats, n_ch, case_id)
+    return modes
+
+
+def _resampling_target(settings, spacing_zyx, geom):
+    """(target spacing x, y, z; target size) when the case must be resampled, else None."""
+    if settings.target_spacing is None or np.allclose(settings.target_spacing, spacing_zyx,
+                                                      rtol=1e-6, atol=0):
+        return None
+    target_xyz = tuple(settings.target_spacing[::-1])
+    return target_xyz, _target_size(geom, target_xyz)
+
+
 def preprocess_image(image, settings: Optional[PreprocessSettings] = None,
                      ct_dataset_stats: Optional[Mapping] = None,
                      modality: Optional[Sequence[str]] = None, roi: Optional[np.ndarray] = None,
                      case_id: str = "?"):
-    """Normalise and resample an image ``Volume`` exactly as training cases are (for
+    """Normalise and resample an image ``Volume`` exactly as training cases are (also used for
     inference): returns ``(data (C, Z, Y, X) float32, spacing (z, y, x), SourceGeometry)``."""
     settings = settings or PreprocessSettings()
     n_ch = image.num_channels
-    modes = settings.channel_modes(n_ch, modality, case_id)
-    if "ct" in modes:
-        if ct_dataset_stats is None:
-            raise DataError(f"case '{case_id}': CT normalisation needs the training set's "
-                            "statistics")
-        _check_ct_stats(ct_dataset_stats, n_ch, case_id)
+    modes = _check_modes(settings, n_ch, modality, ct_dataset_stats, case_id)
     geom = SourceGeometry(image.spacing, image.origin, image.direction, image.size)
     data = _normalise(image.array, modes, roi, ct_dataset_stats)
     spacing_zyx = tuple(float(s) for s in image.spacing[::-1])
-    if settings.target_spacing is not None and not np.allclose(
-            settings.target_spacing, spacing_zyx, rtol=1e-6, atol=0):
-        target_xyz = tuple(settings.target_spacing[::-1])
-        size = _target_size(geom, target_xyz)
-        data = np.stack([_resample(data[c], geom, target_xyz, size, sitk.sitkLinear)
+    target = _resampling_target(settings, spacing_zyx, geom)
+    if target is not None:
+        data = np.stack([_resample(data[c], geom, *target, sitk.sitkLinear)
                          for c in range(n_ch)])
         spacing_zyx = tuple(float(s) for s in settings.target_spacing)
     return np.ascontiguousarray(data, dtype=np.float32), spacing_zyx, geom
@@ -356,29 +370,15 @@ def preprocess_case(spec: CaseSpec, settings: Optional[PreprocessSettings] = Non
     settings = settings or PreprocessSettings()
     cid = spec.case_id
     image, label, roi = reading.read_case(spec)
-    n_ch = image.num_channels
-    modes = settings.channel_modes(n_ch, modality, cid)
-    if "ct" in modes:
-        if ct_dataset_stats is None:
-            ct_channels = [c for c, m in enumerate(modes) if m == "ct"]
-            raise DataError(f"case '{cid}': channel(s) {ct_channels} are CT-normalised but no "
-                            "dataset statistics were given; compute them with "
-                            "ct_statistics(training cases)")
-        _check_ct_stats(ct_dataset_stats, n_ch, cid)
-    geom = SourceGeometry(image.spacing, image.origin, image.direction, image.size)
     roi_mask = None if roi is None else roi.array[0] > 0
     lab = label.array[0]
-    data = _normalise(image.array, modes, roi_mask, ct_dataset_stats)
-    spacing_zyx = tuple(float(s) for s in image.spacing[::-1])
-    if settings.target_spacing is not None and not np.allclose(
-            settings.target_spacing, spacing_zyx, rtol=1e-6, atol=0):
-        target_xyz = tuple(settings.target_spacing[::-1])
-        size = _target_size(geom, target_xyz)
-        data = np.stack([_resample(data[c], geom, target_xyz, size, sitk.sitkLinear)
-                         for c in range(n_ch)]).astype(np.float32, copy=False)
-        lab = _resample(lab.astype(np.int32), geom, target_xyz, size, sitk.sitkNearestNeighbor)
+    data, spacing_zyx, geom = preprocess_image(image, settings, ct_dataset_stats, modality,
+                                               roi_mask, cid)
+    target = _resampling_target(settings, tuple(float(s) for s in image.spacing[::-1]), geom)
+    if target is not None:
+        lab = _resample(lab.astype(np.int32), geom, *target, sitk.sitkNearestNeighbor)
         if roi_mask is not None:
-            roi_mask = _resample(roi_mask.astype(np.uint8), geom, target_xyz, size,
+            roi_mask = _resample(roi_mask.astype(np.uint8), geom, *target,
                                  sitk.sitkNearestNeighbor) > 0
             if not roi_mask.any():
                 raise DataError(f"case '{cid}': the ROI {spec.roi} is empty after resampling to "
@@ -387,9 +387,7 @@ def preprocess_case(spec: CaseSpec, settings: Optional[PreprocessSettings] = Non
             raise DataError(f"case '{cid}': the label map {spec.label} has no foreground left "
                             f"after resampling to {settings.target_spacing} mm (the structure "
                             "is smaller than a voxel); use a finer target spacing")
-        spacing_zyx = tuple(float(s) for s in settings.target_spacing)
     lab = np.ascontiguousarray(lab, dtype=_label_dtype(int(lab.max()), cid))
-    data = np.ascontiguousarray(data, dtype=np.float32)
     stats = case_statistics(data, roi_mask)
     return Case(cid, data, lab, roi_mask, spacing_zyx, stats, geom)
 
