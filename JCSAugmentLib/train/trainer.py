@@ -192,9 +192,14 @@ class Trainer:
         self.train_sampler = PatchSampler(self.train_cases, patch, t.fg_fraction, balanced,
                                           self.device)
         self.val_sampler = PatchSampler(self.val_cases, patch, 0.5, False, self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
-                                         nesterov=t.nesterov and t.momentum > 0,
-                                         weight_decay=t.weight_decay)
+        if t.optimizer == "adam":  # short budgets (the CPU demo); betas as nnU-Net's Adam
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr,
+                                              betas=(0.9, 0.999), weight_decay=t.weight_decay)
+        else:  # the paper's task optimiser
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t.lr,
+                                             momentum=t.momentum,
+                                             nesterov=t.nesterov and t.momentum > 0,
+                                             weight_decay=t.weight_decay)
         tra_name = t.init if self.mode.tra_policy == "init" else self.mode.tra_policy
         self.tra = make_tra_policy(tra_name, num_classes=self.mode.tra_classes)
         self.tea = make_tea_policy(t.init)
