@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import textwrap
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -301,29 +300,9 @@ def _render(prepared, layout: dict, title: Optional[str]) -> bytes:
 
 
 def _write_atomic(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file next to ``path``, then ``os.replace`` it."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = os.stat(path).st_mode & 0o777
-    except OSError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder
-    )
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``data`` to ``path`` atomically (temp file + ``os.replace``)."""
+    from ..run.status import atomic_write_bytes
+    atomic_write_bytes(os.fspath(path), data)
 
 
 def draw_preview_grid(

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -446,21 +445,8 @@ def _json_ready(obj):
 
 
 def _atomic_write(path: str, write: Callable[[object], None], mode: str = "wb") -> None:
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..run.status import atomic_write_stream
+    atomic_write_stream(path, write, mode)
 
 
 def _save_cached(case: Case, cache_dir: str, fingerprint: dict) -> None:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -133,20 +131,9 @@ def policy_from_dict(d: dict) -> Tuple[Optional[ClassSpecificTRAPolicy], Optiona
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` as indented strict JSON to ``path`` atomically."""
+    from ..run.status import atomic_write_json
+    atomic_write_json(path, obj)
 
 
 def save_policy(path: str, tra: Optional[ClassSpecificTRAPolicy] = None,

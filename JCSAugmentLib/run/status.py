@@ -28,7 +28,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Dict, Optional
+from typing import IO, Any, Callable, Dict, Optional
 
 STATUS_FILE = "status.json"
 
@@ -72,20 +72,29 @@ def replace_with_retry(src: str, dst: str) -> None:
             time.sleep(_REPLACE_WAIT_S)
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, nothing else.
+def atomic_write_stream(path: str, write: Callable[[IO], Any], mode: str = "wb") -> None:
+    """Write ``path`` through ``write(file)`` so readers see the old or the new content, nothing
+    else: the one atomic-write helper of the package (policies, charts, caches, status).
 
     Temp file in the same folder (same file system, so the rename is atomic), flushed and
-    fsync'd, then ``os.replace``; the temp file is removed on any failure.
+    fsync'd, then ``os.replace``; the temp file is removed on any failure, which leaves an
+    existing ``path`` as it was.  A file replaced keeps its permission bits.
     """
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    try:
+        perms = os.stat(path).st_mode & 0o777
+    except OSError:
+        perms = None
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
                                dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        if perms is not None:
+            os.chmod(tmp, perms)
         replace_with_retry(tmp, path)
     except BaseException:
         try:
@@ -94,6 +103,11 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             pass
         raise
     fsync_dir(folder)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_stream`)."""
+    atomic_write_stream(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str, text: str) -> None:

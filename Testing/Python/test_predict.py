@@ -144,16 +144,3 @@ def test_bad_inputs_fail_before_anything_is_written(trained_run, tmp_path):
     assert not out.exists() or not any(f.name.endswith(".nii.gz") for f in out.iterdir())
     with pytest.raises(PredictionError, match="overwrite its input"):
         predict_cases(run, [[good]], data)
-
-
-def test_demo_orchestration_runs_end_to_end_on_a_tiny_budget(tmp_path):
-    # The demo's budget is not tuned yet; this checks its plumbing: synthetic data, two
-    # training runs, four prediction settings, evaluation, the report and the figures.
-    from JCSAugmentLib.demo import METHODS, run_demo
-    out = tmp_path / "demo"
-    res = run_demo(str(out), quick=True, device="cpu", log=lambda *a: None,
-                   budget={"iterations": 2, "patch": 16, "base": 2, "batch": 4})
-    report = (out / "report.md").read_text()
-    for name, _mode, _tea in METHODS:
-        assert name in report and name in res["summary"]
-    assert (out / "policy.png").exists() and (out / "results.json").exists()

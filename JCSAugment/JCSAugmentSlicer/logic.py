@@ -1,0 +1,631 @@
+"""The JCSAugment module's logic: the panel's actions on the scene and the run folder, without
+widget references (usable from Slicer's Python console and by the tests).
+
+It orchestrates the Qt-free engine: ``JCSAugmentLib.panel`` (cases, settings, worker process,
+monitor, pictures) and ``JCSAugmentLib.slicer_scene`` (scene <-> files, previews, curves,
+tables). Neither torch nor matplotlib is imported here: training, prediction and the policy
+pictures run in their own processes.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+import time
+
+import slicer
+
+from JCSAugmentLib.run.job import TEA_MODES
+
+#: what the split column offers ("unused" leaves a case out of the run)
+SPLIT_CHOICES = ("train", "validation", "test", "unused")
+TEA_CHOICES = ("learned", "heuristic", "none")
+
+
+def pathOrNone(value):
+    """A parameter path as a string, or None when it is unset (pathlib turns "" into ".")."""
+    text = "" if value is None else str(value).strip()
+    return None if text in ("", ".") else os.path.expanduser(text)
+
+
+class PredictionJob:
+    """A prediction worker and what its results belong to (see JCSAugmentLogic.startPrediction)."""
+
+    def __init__(self, worker, inputs, outDir, runDir):
+        self.worker = worker
+        self.inputs = inputs  # [{"name", "image_node", "reference_node", "file", "output"}]
+        self.outDir = outDir
+        self.runDir = runDir
+
+    @property
+    def count(self):
+        """Cases to segment (None: a dataset-folder run's whole test split)."""
+        return None if self.inputs is None else len(self.inputs)
+
+
+class RunLogic:
+    """All the panel's actions without widget references (the module's JCSAugmentLogic is this
+    plus the parameter node). Training and prediction return their WorkerProcess at once;
+    ``wait=True`` blocks until it ends (scripts, tests). ``p`` is the module's parameter node
+    (JCSAugmentParameterNode) or anything with the same attributes."""
+
+    @staticmethod
+    def libraryFolder():
+        """Folder of the JCSAugmentLib package that this module ships with."""
+        import importlib.util
+        spec = importlib.util.find_spec("JCSAugmentLib")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("JCSAugmentLib is not installed beside the JCSAugment module")
+        return list(spec.submodule_search_locations)[0]
+
+    # ------------------------------------------------------------------ cases
+    @staticmethod
+    def caseRows(p):
+        """The case table as rows for JCSAugmentLib (slicer_scene.export_cases and
+        panel.cases.check_cases): {case_id, image_nodes, label_node, split}."""
+        ids, images = list(p.caseIds), list(p.caseImages)
+        labels, splits = list(p.caseLabels), list(p.caseSplits)
+        n = min(len(ids), len(images), len(labels), len(splits))
+        return [{"case_id": ids[i], "image_nodes": [images[i]] if images[i] is not None else [],
+                 "label_node": labels[i], "split": splits[i]} for i in range(n)]
+
+    @staticmethod
+    def _setCases(p, rows):
+        with slicer.util.NodeModify(p):
+            p.caseIds = [r["case_id"] for r in rows]
+            p.caseImages = [r["image_nodes"][0] if r["image_nodes"] else None for r in rows]
+            p.caseLabels = [r["label_node"] for r in rows]
+            p.caseSplits = [r["split"] for r in rows]
+
+    def caseProblems(self, p):
+        """Sentences on what stops training with the case table (empty: ready)."""
+        from JCSAugmentLib.panel.cases import check_cases
+        return check_cases(self.caseRows(p), mode=p.mode)
+
+    def addCase(self, p, imageNode, labelNode, caseId=None, split="train"):
+        if imageNode is None:
+            raise ValueError("Choose an image volume.")
+        if labelNode is None and split in ("train", "validation"):
+            raise ValueError("Choose its label map or segmentation (training and validation "
+                             "cases need one).")
+        rows = self.caseRows(p)
+        if any(n.GetID() == imageNode.GetID() for r in rows for n in r["image_nodes"]):
+            raise ValueError(f"{imageNode.GetName()!r} is already in the table.")
+        names = {r["case_id"] for r in rows}
+        caseId = caseId or imageNode.GetName()
+        base, k = caseId, 2
+        while caseId in names:
+            caseId, k = f"{base} ({k})", k + 1
+        rows.append({"case_id": caseId, "image_nodes": [imageNode], "label_node": labelNode,
+                     "split": split})
+        self._setCases(p, rows)
+        return caseId
+
+    def addAllPairs(self, p, scene=None):
+        """Pair the scene's volumes with label maps / segmentations by name (panel.cases) and
+        add the new pairs; returns (number added, a sentence on what stayed unpaired). Nodes
+        this module made (previews, results: the "JCSAugment.role" attribute) are left out."""
+        from JCSAugmentLib.panel.cases import pair_report
+        scene = scene or slicer.mrmlScene
+        volumes = [n for n in _nodes(scene, "vtkMRMLScalarVolumeNode")
+                   if not n.IsA("vtkMRMLLabelMapVolumeNode") and n.GetAttribute(
+                       "JCSAugment.role") is None and not n.GetHideFromEditors()]
+        labels = [n for n in _nodes(scene, "vtkMRMLLabelMapVolumeNode")
+                  + _nodes(scene, "vtkMRMLSegmentationNode")
+                  if n.GetAttribute("JCSAugment.role") is None and not n.GetHideFromEditors()]
+        byName = {}
+        for n in volumes + labels:
+            byName.setdefault((n.IsA("vtkMRMLLabelMapVolumeNode") or n.IsA(
+                "vtkMRMLSegmentationNode"), n.GetName()), n)
+        report = pair_report([n.GetName() for n in volumes], [n.GetName() for n in labels])
+        rows = self.caseRows(p)
+        used = {r["image_nodes"][0].GetID() for r in rows if r["image_nodes"]}
+        added = 0
+        for volumeName, labelName in report.pairs:
+            volume, label = byName[(False, volumeName)], byName[(True, labelName)]
+            if volume.GetID() in used:
+                continue
+            self.addCase(p, volume, label)
+            added += 1
+        note = f"Added {added} case(s)."
+        if report.unpaired_volumes:
+            note += " No label found for: " + ", ".join(report.unpaired_volumes[:10]) + "."
+        if not report.pairs:
+            note = ("No volume / label pair found by name: name each label map or segmentation "
+                    "after its volume (e.g. 'case1' and 'case1 label'), or add cases one by one.")
+        return added, note
+
+    def removeCases(self, p, rowIndices):
+        rows = self.caseRows(p)
+        if rowIndices is None:
+            rows = []
+        else:
+            drop = set(rowIndices)
+            rows = [r for i, r in enumerate(rows) if i not in drop]
+        self._setCases(p, rows)
+
+    def setCaseSplit(self, p, row, split):
+        if split not in SPLIT_CHOICES:
+            raise ValueError(f"unknown split {split!r}")
+        splits = list(p.caseSplits)
+        splits[row] = split
+        p.caseSplits = splits
+
+    def renameCase(self, p, row, name):
+        name = str(name).strip()
+        ids = list(p.caseIds)
+        if not name:
+            raise ValueError("A case needs a name.")
+        if name in ids[:row] + ids[row + 1:]:
+            raise ValueError(f"The name {name!r} is already used by another case.")
+        ids[row] = name
+        p.caseIds = ids
+
+    @staticmethod
+    def fractions(p):
+        return {"train": float(p.trainFraction), "validation": float(p.validationFraction),
+                "test": float(p.testFraction)}
+
+    def autoSplitCases(self, p):
+        """Splits drawn by the fractions and the seed (panel.cases.auto_split); cases marked
+        unused stay unused."""
+        from JCSAugmentLib.panel.cases import auto_split
+        rows = self.caseRows(p)
+        ids = [r["case_id"] for r in rows if r["split"] != "unused"]
+        drawn = auto_split(ids, self.fractions(p), int(p.splitSeed))
+        p.caseSplits = [drawn.get(r["case_id"], r["split"]) for r in rows]
+
+    # ------------------------------------------------------------------ settings and runs
+    @staticmethod
+    def settingsFromParameterNode(p):
+        from JCSAugmentLib.panel.settings import PanelSettings
+        n = int(p.patchSize)
+        return PanelSettings(
+            backbone=p.backbone, mode=p.mode,
+            init=None if p.initPolicy == "auto" else p.initPolicy,
+            epochs=int(p.epochs), minutes=float(p.minutes) if p.minutes > 0 else None,
+            device=p.device or "auto", output_folder=pathOrNone(p.outputFolder) or "",
+            seed=int(p.seed), patch_size=[n, n, n] if n > 0 else None,
+            batch_size=int(p.batchSize) or None,
+            iterations_per_epoch=int(p.iterationsPerEpoch) or None,
+            pretrained=pathOrNone(p.pretrained),
+            split_fractions=RunLogic.fractions(p))
+
+    @staticmethod
+    def _datasetJob(folder, settings, splitFractions, splitSeed):
+        """job.json for a dataset folder (the splits drawn by the worker from the fractions)."""
+        from JCSAugmentLib.panel.settings import job_device
+        from JCSAugmentLib.run.job import Job
+        if not folder or not os.path.isdir(folder):
+            raise ValueError(f"Choose a dataset folder (a folder with dataset.json); {folder!r} "
+                             f"is not a folder.")
+        if not os.path.isfile(os.path.join(folder, "dataset.json")):
+            raise ValueError(f"{folder} has no dataset.json: choose an nnU-Net v2 raw or "
+                             f"Medical Segmentation Decathlon dataset folder.")
+        total = sum(splitFractions.values()) or 1.0
+        fractions = {k: v / total for k, v in splitFractions.items()}
+        fields = {"model.backbone": settings.backbone, "training.mode": settings.mode,
+                  "training.init": settings.init, "training.epochs": int(settings.epochs),
+                  "device": job_device(settings.device), "seed": int(settings.seed),
+                  "time_budget_minutes": settings.minutes}
+        if settings.patch_size is not None:
+            fields["model.patch_size"] = [int(v) for v in settings.patch_size]
+        if settings.batch_size is not None:
+            fields["training.batch_size"] = int(settings.batch_size)
+        if settings.iterations_per_epoch is not None:
+            fields["training.iterations_per_epoch"] = int(settings.iterations_per_epoch)
+        if settings.pretrained:
+            fields["training.pretrained"] = settings.pretrained
+        job = Job.from_dict({"schema": 1, "data": {
+            "dataset": os.path.abspath(folder), "split_seed": int(splitSeed),
+            "split_fractions": fractions}})
+        return job.with_overrides(fields).to_dict()
+
+    def prepareRun(self, settings, rows=None, datasetFolder=None, overrides=None,
+                   splitFractions=None, splitSeed=0, name="run"):
+        """A new run folder under settings.output_folder with job.json and the exported cases
+        (rows from :meth:`caseRows`; or a dataset folder). Checks everything first and removes
+        the new folder again if anything fails, so the scene and other runs stay as they were.
+        ``overrides``: dotted job fields (``{"model.base_features": 4}``) for scripts and tests."""
+        from JCSAugmentLib.panel.cases import check_cases, normalise_split
+        from JCSAugmentLib.panel.settings import build_job, new_run_dir
+        from JCSAugmentLib.run.job import Job, save_job
+        from JCSAugmentLib.slicer_scene import export_cases
+        problems = settings.problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        if datasetFolder is None:
+            problems = check_cases(rows or [], mode=settings.mode)
+            if problems:
+                raise ValueError("\n".join(problems))
+        else:
+            job = self._datasetJob(datasetFolder, settings, splitFractions
+                                   or dict(settings.split_fractions), splitSeed)
+        try:
+            runDir = new_run_dir(settings.output_folder, name)
+        except OSError as e:
+            raise OSError(e.errno, f"Cannot create a run folder in {settings.output_folder!r}: "
+                                   f"{e.strerror or e}") from None
+        try:
+            if datasetFolder is None:
+                used = [r for r in rows if normalise_split(r.get("split")) is not None]
+                cases = export_cases(used, os.path.join(runDir, "inputs"), relative_to=runDir)
+                job = build_job(cases, settings)
+            if overrides:
+                job = Job.from_dict(job).with_overrides(dict(overrides)).to_dict()
+            save_job(runDir, job)
+        except OSError as e:
+            shutil.rmtree(runDir, ignore_errors=True)
+            raise OSError(e.errno, f"Cannot write the run folder {runDir} ({e.strerror or e}); "
+                                   f"is the disk full or read-only?") from None
+        except Exception:
+            shutil.rmtree(runDir, ignore_errors=True)
+            raise
+        return runDir
+
+    @staticmethod
+    def isRunFolder(runDir):
+        return bool(runDir) and os.path.isfile(os.path.join(runDir, "job.json"))
+
+    def checkRunFolder(self, runDir):
+        """Raise a clear error unless ``runDir`` is a run folder this version can read."""
+        from JCSAugmentLib.run.job import JobError, load_job
+        if not runDir or not os.path.isdir(runDir):
+            raise ValueError(f"Choose a run folder ({runDir!r} is not a folder).")
+        if not self.isRunFolder(runDir):
+            raise ValueError(f"{runDir} is not a JCSAugment run folder (it has no job.json).")
+        try:
+            load_job(runDir)
+        except JobError as e:
+            raise ValueError(f"This run folder cannot be used by this version of JCSAugment: "
+                             f"{e}") from None
+
+    def startTraining(self, runDir, device="auto", resume=False, python=None, wait=False,
+                      timeout=None):
+        """Start ``PythonSlicer -m JCSAugmentLib train RUN [--resume]`` (returns its
+        WorkerProcess at once; ``wait=True`` blocks until it ends)."""
+        from JCSAugmentLib.panel.worker_process import WorkerProcess, run_folder_busy
+        self.checkRunFolder(runDir)
+        busy = run_folder_busy(runDir)
+        if busy:
+            raise RuntimeError(busy)
+        if resume and not os.path.exists(os.path.join(runDir, "checkpoints", "last.pt")):
+            raise ValueError(f"{runDir} has no checkpoint to resume from.")
+        worker = WorkerProcess(runDir, python=python, resume=resume, device=device)
+        worker.start()
+        if wait:
+            self.waitFor(worker, timeout)
+        return worker
+
+    @staticmethod
+    def waitFor(worker, timeout=None):
+        """Block until ``worker`` ends; on timeout stop it (cooperatively, then kill) and raise."""
+        if worker.wait(timeout) is None and worker.running:
+            worker.stop(timeout=30.0, term_grace=5.0)
+            raise TimeoutError(f"the worker did not end within {timeout} s and was stopped")
+        return worker.returncode
+
+    def train(self, settings, rows=None, datasetFolder=None, overrides=None, wait=True,
+              timeout=None, python=None):
+        """prepareRun + startTraining; returns (run folder, WorkerProcess)."""
+        runDir = self.prepareRun(settings, rows=rows, datasetFolder=datasetFolder,
+                                 overrides=overrides)
+        worker = self.startTraining(runDir, settings.device, python=python, wait=wait,
+                                    timeout=timeout)
+        return runDir, worker
+
+    @staticmethod
+    def monitor(runDir, worker=None):
+        from JCSAugmentLib.panel.monitor import RunMonitor
+        monitor = RunMonitor(runDir)
+        if worker is not None:
+            monitor.set_worker(worker)
+        return monitor
+
+    def viewState(self, runDir, worker=None):
+        """The run's ViewState, read to the end of its events (scripts, tests)."""
+        return self.monitor(runDir, worker).poll_until_current()
+
+    @staticmethod
+    def requestStop(runDir):
+        """Ask the worker of ``runDir`` to stop after its iteration (checkpoint kept)."""
+        from JCSAugmentLib.run.control import request_stop
+        request_stop(runDir, reason="Slicer panel")
+
+    # ------------------------------------------------------------------ curves, pictures, preview
+    @staticmethod
+    def curveNodes(scene=None):
+        """{"loss": (table, chart), "dice": (table, chart), "view": (plot view node, owner)}:
+        the nodes behind the panel's plot (found again and reused)."""
+        from JCSAugmentLib.slicer_scene import curve_plot_nodes
+        scene = scene or slicer.mrmlScene
+        nodes = {"loss": curve_plot_nodes("JCSAugment losses", scene=scene),
+                 "dice": curve_plot_nodes("JCSAugment validation Dice", scene=scene)}
+        if hasattr(nodes["dice"][1], "SetXAxisTitle"):
+            nodes["dice"][1].SetXAxisTitle("epoch")
+        view = owner = None
+        for node in _nodes(scene, "vtkMRMLPlotViewNode"):
+            if node.GetAttribute("JCSAugment.role") == "curves view":
+                view = node
+        for node in _nodes(scene, "vtkMRMLScriptedModuleNode"):
+            if node.GetAttribute("JCSAugment.role") == "curves view owner":
+                owner = node
+        if owner is None:
+            owner = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "JCSAugment curves owner")
+            owner.SetAttribute("JCSAugment.role", "curves view owner")
+            owner.SetHideFromEditors(True)
+        if view is None:
+            view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode", "JCSAugment curves view")
+            view.SetAttribute("JCSAugment.role", "curves view")
+            # keep the layout manager from giving this panel's view its own layout widget
+            if hasattr(view, "SetAndObserveParentLayoutNodeID"):
+                view.SetAndObserveParentLayoutNodeID(owner.GetID())
+        view.SetPlotChartNodeID(nodes["loss"][1].GetID())
+        nodes["view"] = (view, owner)
+        return nodes
+
+    @staticmethod
+    def updateCurves(nodes, lossCurves, diceCurve):
+        from JCSAugmentLib.slicer_scene import update_curve_table
+        update_curve_table(nodes["loss"][0], {f"{k} loss": v for k, v in lossCurves.items()
+                                              if v}, chart_node=nodes["loss"][1])
+        if diceCurve:
+            update_curve_table(nodes["dice"][0], {"validation Dice": diceCurve},
+                               chart_node=nodes["dice"][1])
+
+    @staticmethod
+    def startPolicyPictures(runDir, outDir=None, python=None):
+        """Draw the run's policy pictures (policy.json) in a subprocess (torch and matplotlib
+        stay out of Slicer's GUI process). Returns a job for :meth:`finishPolicyPictures`."""
+        from JCSAugmentLib.panel.pictures import policy_pngs_command
+        from JCSAugmentLib.panel.worker_process import WorkerProcess
+        source = os.path.join(runDir, "policy.json")
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"{source} does not exist yet")
+        if outDir is None:
+            key = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.abspath(runDir))[-80:]
+            outDir = os.path.join(tempfile.gettempdir(), "JCSAugment", "policy-pictures", key)
+        os.makedirs(outDir, exist_ok=True)
+        command = policy_pngs_command(source, outDir, python=python)
+        worker = WorkerProcess.for_command(command, log_path=os.path.join(outDir, "draw.log"),
+                                           what="policy drawing")
+        worker.start()
+        return {"worker": worker, "outDir": outDir, "started": time.time()}
+
+    @staticmethod
+    def finishPolicyPictures(job):
+        """{"tra_foreground": png path, "tra_background": ..., "tea": ...} drawn by the job
+        (those written after it started), {} on failure."""
+        from JCSAugmentLib.panel.pictures import PICTURE_NAMES
+        if job["worker"].returncode != 0:
+            return {}
+        out = {}
+        for key in PICTURE_NAMES:
+            path = os.path.join(job["outDir"], f"{key}.png")
+            if os.path.exists(path) and os.path.getmtime(path) >= job["started"] - 2:
+                out[key] = path
+        return out
+
+    def drawPolicyPictures(self, runDir, outDir=None, python=None, timeout=300):
+        """Blocking :meth:`startPolicyPictures` (scripts, tests)."""
+        job = self.startPolicyPictures(runDir, outDir, python)
+        self.waitFor(job["worker"], timeout)
+        pngs = self.finishPolicyPictures(job)
+        if not pngs:
+            raise RuntimeError(f"drawing the policies failed: {job['worker'].exit_reason()}\n"
+                               f"{job['worker'].log_tail(10)}")
+        return pngs
+
+    @staticmethod
+    def previewArrays(npzPath, gap=2):
+        """{"foreground patches": (zyx float32, None), "foreground labels": (zyx int16, None),
+        "background ...": ...} from the worker's previews/preview_latest.npz: the original patch
+        and its augmented samples side by side along x (channel 0)."""
+        import numpy as np
+        out = {}
+        with np.load(npzPath) as data:
+            for row in ("foreground", "background"):
+                if f"{row}_images" not in data:
+                    continue
+                images = np.asarray(data[f"{row}_images"])  # (samples, C, D, H, W)
+                labels = np.asarray(data[f"{row}_labels"])  # (samples, D, H, W)
+                fill = float(images.min()) if images.size else 0.0
+                tiles, labelTiles = [], []
+                for k in range(images.shape[0]):
+                    if k:
+                        shape = images.shape[2:4] + (gap,)
+                        tiles.append(np.full(shape, fill, np.float32))
+                        labelTiles.append(np.zeros(shape, np.int16))
+                    tiles.append(images[k, 0].astype(np.float32))
+                    labelTiles.append(labels[k].astype(np.int16))
+                out[f"{row} patches"] = (np.concatenate(tiles, axis=2), None)
+                out[f"{row} labels"] = (np.concatenate(labelTiles, axis=2), None)
+        if not out:
+            raise ValueError(f"{npzPath} holds no preview patches")
+        return out
+
+    def showPreview(self, runDir, scene=None):
+        """Put the latest preview patches into reused nodes (slicer_scene.update_preview_nodes);
+        returns {name: node}."""
+        from JCSAugmentLib.slicer_scene import update_preview_nodes
+        path = os.path.join(runDir, "previews", "preview_latest.npz")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No preview yet: {path} does not exist (the worker writes "
+                                    f"one every few policy updates).")
+        return update_preview_nodes(self.previewArrays(path), scene=scene)
+
+    # ------------------------------------------------------------------ prediction
+    def predictionInputs(self, p, runDir):
+        """What "Segment" works on: the test cases of the case table, the selected volume, or
+        (a dataset-folder run) None = the run's own test split."""
+        from JCSAugmentLib.run.job import load_job
+        if p.predictTarget == "volume":
+            if p.predictVolume is None:
+                raise ValueError("Choose the volume to segment.")
+            return [{"name": p.predictVolume.GetName(), "image_node": p.predictVolume,
+                     "reference_node": p.referenceLabel}]
+        if load_job(runDir).data.dataset is not None:
+            return None
+        rows = [r for r in self.caseRows(p) if r["split"] == "test" and r["image_nodes"]]
+        if not rows:
+            raise ValueError("The case table has no test case: mark cases as 'test', or choose "
+                             "'The selected volume'.")
+        return [{"name": r["case_id"], "image_node": r["image_nodes"][0],
+                 "reference_node": r["label_node"]} for r in rows]
+
+    def startPrediction(self, runDir, inputs, tea="learned", uncertainty=False, device="auto",
+                        python=None, wait=False, timeout=None):
+        """Export the inputs and start ``PythonSlicer -m JCSAugmentLib predict`` in a worker
+        process (``inputs=None``: the run's test split, for a dataset-folder run). Returns a
+        PredictionJob; then :meth:`importPredictions`."""
+        from JCSAugmentLib.panel.worker_process import (WorkerProcess, find_python_slicer,
+                                                        predict_command)
+        from JCSAugmentLib.run.job import load_job
+        from JCSAugmentLib.slicer_scene import export_volume_node
+        job = load_job(runDir)
+        if tea not in TEA_CHOICES:
+            raise ValueError(f"TEA must be one of {', '.join(TEA_CHOICES)}")
+        if tea == "learned" and job.training.mode not in TEA_MODES:
+            raise ValueError(f"This run (mode {job.training.mode!r}) did not learn a test-time "
+                             f"augmentation policy: choose 'heuristic' or 'none'.")
+        if not any(os.path.exists(os.path.join(runDir, "checkpoints", f)) for f in
+                   ("best.pt", "last.pt")):
+            raise ValueError(f"{runDir} has no trained checkpoint yet.")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        outDir = os.path.join(runDir, "predictions", f"slicer-{stamp}")
+        k = 2
+        while os.path.exists(outDir):
+            outDir, k = os.path.join(runDir, "predictions", f"slicer-{stamp}-{k}"), k + 1
+        inDir = os.path.join(outDir, "inputs")
+        labelDir = os.path.join(outDir, "labels")
+        try:
+            os.makedirs(inDir)
+            if inputs is None:
+                cmd = [python or find_python_slicer(), "-m", "JCSAugmentLib", "predict", "--run",
+                       os.path.abspath(runDir), "--split", "test", "--out", labelDir,
+                       "--tea", tea]
+                if uncertainty:
+                    cmd.append("--uncertainty")
+                if device and device != "auto":
+                    cmd += ["--device", "cuda" if device.startswith("cuda:") else device]
+            else:
+                for i, item in enumerate(inputs):
+                    stem = f"{i:03d}_" + (re.sub(r"[^A-Za-z0-9_-]+", "_", item["name"])
+                                          .strip("_") or "case")
+                    item["file"] = export_volume_node(item["image_node"],
+                                                      os.path.join(inDir, f"{stem}.nrrd"))
+                    item["output"] = os.path.join(labelDir, f"{stem}.nrrd")
+                    item["uncertainty_output"] = os.path.join(labelDir,
+                                                              f"{stem}_tea_disagreement.nrrd")
+                cmd = predict_command(runDir, [item["file"] for item in inputs], labelDir, tea,
+                                      uncertainty, python=python, device=device)
+        except OSError as e:
+            shutil.rmtree(outDir, ignore_errors=True)
+            raise OSError(e.errno, f"Cannot write {outDir} ({e.strerror or e}); is the disk "
+                                   f"full or read-only?") from None
+        except Exception:
+            shutil.rmtree(outDir, ignore_errors=True)
+            raise
+        worker = WorkerProcess.for_command(cmd, log_path=os.path.join(outDir, "predict.log"),
+                                           device=device, what="prediction")
+        worker.start()
+        predictionJob = PredictionJob(worker, inputs, outDir, runDir)
+        predictionJob.uncertainty = uncertainty
+        if wait:
+            self.waitFor(worker, timeout)
+        return predictionJob
+
+    def importPredictions(self, job, asSegmentation=False, scene=None):
+        """Load the finished prediction job's label maps into the scene, on each input's grid
+        and named after it (slicer_scene.load_label_map); optionally a segmentation and the
+        uncertainty volume; a metrics table when a reference label exists. Returns one dict per
+        case: {"image", "label", "segmentation", "uncertainty", "metrics", "note"}."""
+        from JCSAugmentLib.panel.worker_process import parse_predict_log
+        from JCSAugmentLib.slicer_scene import (SceneError, label_map_to_segmentation,
+                                                load_label_map, load_scalar_volume,
+                                                metrics_table_node)
+        worker = job.worker
+        if scene is None and job.inputs:
+            scene = job.inputs[0]["image_node"].GetScene()
+        if worker.running:
+            raise RuntimeError("the prediction is still running")
+        if worker.returncode != 0:
+            raise RuntimeError(f"the prediction failed: {worker.exit_reason()}\n"
+                               f"{worker.log_tail(10)}")
+        results, allRows = [], []
+        if job.inputs is None:  # a dataset-folder run: the files name the cases
+            with open(worker.log_path, encoding="utf-8", errors="replace") as f:
+                records = parse_predict_log(f.read())
+            for record in records:
+                node = slicer.util.loadLabelVolume(record["prediction"])
+                result = {"image": None, "label": node, "segmentation": None, "metrics": [],
+                          "uncertainty": None, "note": None}
+                if record.get("uncertainty"):
+                    result["uncertainty"] = slicer.util.loadVolume(record["uncertainty"])
+                results.append(result)
+            return results
+        for item in job.inputs:
+            image = item["image_node"]
+            if not os.path.exists(item["output"]):
+                raise RuntimeError(f"the prediction did not write {item['output']}")
+            label = load_label_map(item["output"], image, name=f"{image.GetName()} segmentation",
+                                   scene=scene)
+            result = {"image": image, "label": label, "segmentation": None, "uncertainty": None,
+                      "metrics": [], "note": None}
+            if asSegmentation:
+                try:
+                    result["segmentation"] = label_map_to_segmentation(label, scene=scene)
+                except SceneError as e:
+                    result["note"] = f"{item['name']}: no segmentation made ({e})"
+            if getattr(job, "uncertainty", False) and os.path.exists(item["uncertainty_output"]):
+                result["uncertainty"] = load_scalar_volume(
+                    item["uncertainty_output"], f"{image.GetName()} TEA disagreement",
+                    scene=scene, reference_volume_node=image)
+            if item.get("reference_node") is not None:
+                try:
+                    result["metrics"] = self.metricsRows(item, job.outDir)
+                except (SceneError, ValueError) as e:
+                    result["note"] = f"{item['name']}: no metrics ({e})"
+            allRows += result["metrics"]
+            results.append(result)
+        if allRows:
+            metrics_table_node(allRows, "JCSAugment metrics", scene=scene)
+        return results
+
+    @staticmethod
+    def metricsRows(item, outDir):
+        """Dice, sensitivity, precision, HD95 of one prediction against its reference label map
+        or segmentation (JCSAugmentLib.evaluate.case_metrics, on the image's grid)."""
+        import SimpleITK as sitk
+        from JCSAugmentLib.evaluate import case_metrics
+        from JCSAugmentLib.slicer_scene import export_label_node
+        refPath = os.path.join(outDir, "inputs", os.path.basename(item["output"])
+                               .replace(".nrrd", "_reference.nrrd"))
+        export_label_node(item["reference_node"], item["image_node"], refPath)
+        pred = sitk.ReadImage(item["output"])
+        ref = sitk.ReadImage(refPath)
+        spacing = tuple(reversed(pred.GetSpacing()))  # numpy (z, y, x) order
+        metrics = case_metrics(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), spacing)
+        rows = []
+        for name, m in metrics.items():
+            row = {"case": item["name"], "label": name}
+            for key in ("dsc", "sensitivity", "precision", "hd95", "volume_pred_ml",
+                        "volume_ref_ml"):
+                row[key] = m.get(key)
+            rows.append(row)
+        return rows
+
+    def predict(self, runDir, inputs, tea="learned", uncertainty=False, device="auto",
+                asSegmentation=False, python=None, timeout=None, scene=None):
+        """Blocking prediction + import (scripts, tests)."""
+        job = self.startPrediction(runDir, inputs, tea, uncertainty, device, python=python,
+                                   wait=True, timeout=timeout)
+        return self.importPredictions(job, asSegmentation=asSegmentation, scene=scene)
+
+
+def _nodes(scene, className):
+    collection = scene.GetNodesByClass(className)
+    try:
+        return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+    finally:
+        collection.UnRegister(None)
