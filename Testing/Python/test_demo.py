@@ -1,7 +1,7 @@
 """The main job: ``jcsaugment demo --quick`` end to end, exactly as the README runs it.
 
 About two minutes on a 2-core CPU: the quick budget trains the demo's two U-Nets (heuristic
-TRA, joint learning) for 100 iterations each, segments the test site four ways and writes the
+TRA, joint learning) for 90 iterations each, segments the test site four ways and writes the
 report. This test is the CI run of it.
 """
 
