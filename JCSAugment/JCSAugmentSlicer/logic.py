@@ -7,6 +7,7 @@ tables). Neither torch nor matplotlib is imported here: training, prediction and
 pictures run in their own processes.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -20,6 +21,21 @@ from JCSAugmentLib.run.job import TEA_MODES
 #: what the split column offers ("unused" leaves a case out of the run)
 SPLIT_CHOICES = ("train", "validation", "test", "unused")
 TEA_CHOICES = ("learned", "heuristic", "none")
+
+
+@contextlib.contextmanager
+def removedOnFailure(folder, what=None):
+    """Remove ``folder`` when the block fails, so a failed action leaves no half-written folder;
+    an OSError becomes one sentence that names the folder and the likely cause."""
+    try:
+        yield
+    except OSError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise OSError(e.errno, f"Cannot write {what or folder} ({e.strerror or e}); is the disk "
+                               f"full or read-only?") from None
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def pathOrNone(value):
@@ -246,7 +262,7 @@ class RunLogic:
         except OSError as e:
             raise OSError(e.errno, f"Cannot create a run folder in {settings.output_folder!r}: "
                                    f"{e.strerror or e}") from None
-        try:
+        with removedOnFailure(runDir, f"the run folder {runDir}"):
             if datasetFolder is None:
                 used = [r for r in rows if normalise_split(r.get("split")) is not None]
                 cases = export_cases(used, os.path.join(runDir, "inputs"), relative_to=runDir)
@@ -254,13 +270,6 @@ class RunLogic:
             if overrides:
                 job = Job.from_dict(job).with_overrides(dict(overrides)).to_dict()
             save_job(runDir, job)
-        except OSError as e:
-            shutil.rmtree(runDir, ignore_errors=True)
-            raise OSError(e.errno, f"Cannot write the run folder {runDir} ({e.strerror or e}); "
-                                   f"is the disk full or read-only?") from None
-        except Exception:
-            shutil.rmtree(runDir, ignore_errors=True)
-            raise
         return runDir
 
     @staticmethod
@@ -498,7 +507,7 @@ class RunLogic:
             outDir, k = os.path.join(runDir, "predictions", f"slicer-{stamp}-{k}"), k + 1
         inDir = os.path.join(outDir, "inputs")
         labelDir = os.path.join(outDir, "labels")
-        try:
+        with removedOnFailure(outDir):
             os.makedirs(inDir)
             if inputs is None:
                 cmd = [python or find_python_slicer(), "-m", "JCSAugmentLib", "predict", "--run",
@@ -519,13 +528,6 @@ class RunLogic:
                                                               f"{stem}_tea_disagreement.nrrd")
                 cmd = predict_command(runDir, [item["file"] for item in inputs], labelDir, tea,
                                       uncertainty, python=python, device=device)
-        except OSError as e:
-            shutil.rmtree(outDir, ignore_errors=True)
-            raise OSError(e.errno, f"Cannot write {outDir} ({e.strerror or e}); is the disk "
-                                   f"full or read-only?") from None
-        except Exception:
-            shutil.rmtree(outDir, ignore_errors=True)
-            raise
         worker = WorkerProcess.for_command(cmd, log_path=os.path.join(outDir, "predict.log"),
                                            device=device, what="prediction")
         worker.start()
