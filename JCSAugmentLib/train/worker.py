@@ -36,17 +36,21 @@ EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 class _Progress:
     """One terminal line with iteration, losses, speed and ETA (nothing when quiet)."""
 
-    def __init__(self, total: int, stream: Optional[TextIO]):
+    def __init__(self, total: int, stream: Optional[TextIO], deadline: Optional[float] = None):
         self.total, self.stream = total, stream
         self.t0 = time.perf_counter()
         self.first = None
+        self.deadline = deadline  # time.time() at which a time budget ends the run
         self.tty = bool(stream and hasattr(stream, "isatty") and stream.isatty())
 
     def eta(self, done: int, start: int) -> Optional[float]:
         if self.first is None or done <= start:
             return None
         rate = (time.perf_counter() - self.first) / (done - start)
-        return rate * (self.total - done)
+        eta = rate * (self.total - done)
+        if self.deadline is not None:  # a time budget ends the run first
+            eta = min(eta, max(0.0, self.deadline - time.time()))
+        return eta
 
     def show(self, done: int, start: int, epoch: int, losses: Dict[str, float]):
         if not self.stream:
@@ -178,10 +182,10 @@ def _train(run_dir, job, resume, events, stream, stop_signal, ctx) -> int:
                 "resumed_from": trainer.iteration if resume else None,
                 "policy_classes": list(trainer.tra.class_names)}
         events.started(trainer.job.to_dict(), info)
-        bar = _Progress(total, stream)
+        budget = job.time_budget_minutes
+        bar = _Progress(total, stream, None if budget is None else started + budget * 60)
         bar.first = time.perf_counter()
         start_iteration = trainer.iteration
-        budget = job.time_budget_minutes
         last_event = 0.0
         if trainer.iteration == 0 and main:
             _save_policy(run_dir, trainer, events, save_policy)

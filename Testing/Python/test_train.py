@@ -242,3 +242,21 @@ def test_a_case_without_foreground_fails_before_training_with_its_name(cases, tm
     assert err["kind"] == "error" and "c1" in err["message"] and "foreground" in err["message"]
     assert read_status(run)["state"] == "failed"
     assert not os.path.exists(os.path.join(run, "checkpoints", "last.pt"))
+
+
+def test_a_time_budget_ends_the_run_with_reason_budget_and_caps_the_eta(cases, tmp_path):
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    d = job_dict(cases, "heuristic", its=100000, preview_every=0, checkpoint_every=1000,
+                 validate_every=0)
+    d["time_budget_minutes"] = 0.15  # 9 s, setup included
+    save_job(run, d)
+    t0 = time.time()
+    assert run_worker(run, quiet=True) == 0
+    assert time.time() - t0 < 60
+    events = read_events(run)
+    assert events[-1]["kind"] == "finished" and events[-1]["reason"] == "budget"
+    etas = [e["eta"] for e in events if e["kind"] == "progress" and e.get("eta") is not None]
+    assert etas and max(etas) <= 9.0  # the budget, not 100000 iterations, bounds the ETA
+    assert os.path.exists(os.path.join(run, "checkpoints", "last.pt"))
+    assert read_status(run)["state"] == "finished"
