@@ -334,6 +334,19 @@ def _resampling_target(settings, spacing_zyx, geom):
     return target_xyz, _target_size(geom, target_xyz)
 
 
+def preprocessed_shape(size_xyz: Sequence[int], spacing_xyz: Sequence[float],
+                       settings: PreprocessSettings) -> Tuple[int, int, int]:
+    """(Z, Y, X) of an image of ``size_xyz`` voxels at ``spacing_xyz`` mm after preprocessing:
+    the size :func:`preprocess_image` resamples it to (used to check an input before any
+    work is done)."""
+    geom = SourceGeometry(tuple(float(v) for v in spacing_xyz), (0.0, 0.0, 0.0),
+                          (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+                          tuple(int(n) for n in size_xyz))
+    target = _resampling_target(settings, tuple(geom.spacing[::-1]), geom)
+    size = geom.size if target is None else target[1]
+    return tuple(int(n) for n in size[::-1])
+
+
 def preprocess_image(image, settings: Optional[PreprocessSettings] = None,
                      ct_dataset_stats: Optional[Mapping] = None,
                      modality: Optional[Sequence[str]] = None, roi: Optional[np.ndarray] = None,

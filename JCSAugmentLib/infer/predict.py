@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..data.preprocess import PreprocessSettings, preprocess_image
+from ..data.preprocess import PreprocessSettings, preprocess_image, preprocessed_shape
 from ..io.volume import SUPPORTED_EXTENSIONS, VolumeError, read_images
 from ..nets.factory import build_network
 from ..policy.initial import heuristic_tea_ops
@@ -133,7 +133,7 @@ def predict_cases(run_dir: str, images: Sequence[Sequence[str]], out_dir: str,
         if vol.num_channels != n_ch:
             raise PredictionError(f"{files[0]}: {vol.num_channels} channel(s), but the run was "
                                   f"trained on {n_ch}")
-        shape = _preprocessed_shape(vol, settings)
+        shape = preprocessed_shape(vol.size, vol.spacing, settings)
         if any(s < o for s, o in zip(shape, run.info.output_size)):
             raise PredictionError(f"{files[0]}: the image {shape} (after preprocessing) is "
                                   f"smaller than one patch {tuple(run.info.output_size)}")
@@ -185,15 +185,6 @@ def predict_cases(run_dir: str, images: Sequence[Sequence[str]], out_dir: str,
             rec["uncertainty"] = u_path
         records.append(rec)
     return records
-
-
-def _preprocessed_shape(vol, settings: PreprocessSettings):
-    """(Z, Y, X) of the image after preprocessing (resampling to the target spacing)."""
-    if settings.target_spacing is None:
-        return tuple(vol.array.shape[1:])
-    size = [max(1, int(round(n * s / t))) for n, s, t in
-            zip(vol.size, vol.spacing, settings.target_spacing[::-1])]
-    return tuple(size[::-1])
 
 
 def _reference_image(vol) -> sitk.Image:

@@ -454,3 +454,23 @@ def test_sampler_feeds_augment_patches():
                            s.stats(d.case_index), (8, 8, 8))
     assert tuple(x.shape) == (4, 2, 8, 8, 8) and tuple(y.shape) == (4, 1, 8, 8, 8)
     assert y.dtype == torch.uint8 and set(y.unique().tolist()) <= {0, 1, 2}
+
+
+def test_preprocessed_shape_matches_what_preprocess_image_makes():
+    import numpy as np
+    import SimpleITK as sitk
+    from JCSAugmentLib.data.preprocess import (PreprocessSettings, preprocess_image,
+                                               preprocessed_shape)
+    from JCSAugmentLib.io.volume import read_images
+    import tempfile, os
+    img = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(9, 20, 15))
+                                 .astype(np.float32))
+    img.SetSpacing((1.3, 0.7, 2.5))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "img.nii.gz")
+        sitk.WriteImage(img, path)
+        vol = read_images([path])
+        for target in (None, (1.0, 1.0, 1.0), (2.5, 0.5, 1.3)):
+            settings = PreprocessSettings(target_spacing=target)
+            data = preprocess_image(vol, settings)[0]
+            assert preprocessed_shape(vol.size, vol.spacing, settings) == data.shape[1:]
