@@ -61,9 +61,6 @@ def _load_tra_policy(spec: str):
 
 
 def _cmd_preview(args) -> int:
-    import os
-
-    import numpy as np
     from .augment.preview import make_preview
     from .charts.preview_grid import draw_preview_grid
     from .io.volume import read_images, read_label
@@ -81,16 +78,9 @@ def _cmd_preview(args) -> int:
     title = f"{args.policy} policy: {len(rows[0].images) - 1} samples per patch"
     draw_preview_grid([r.as_grid_row() for r in rows], out_path=args.out, title=title,
                       channel=args.show_channel)
-    if args.save_arrays:
-        arrays = {}
-        for r in rows:
-            key = r.name.split()[0]
-            arrays[f"{key}_images"] = np.stack(r.images)
-            arrays[f"{key}_labels"] = np.stack(r.labels)
-        tmp = args.save_arrays + ".tmp"
-        with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a name
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, args.save_arrays)
+    if args.save_arrays:  # the run folder's preview format, so one reader reads both
+        from .run.folder import save_preview_arrays
+        save_preview_arrays(args.save_arrays, rows)
     print(f"wrote {args.out}")
     return 0
 
@@ -131,64 +121,79 @@ _TRAIN_OPTIONS = {
 
 def _cmd_train(args) -> int:
     import os
-    from .run.job import Job, JobError, save_job
+    from .run.folder import RunFolder
+    from .run.job import Job, JobError
     from .train.worker import run_worker
     overrides = {field: (list(v) if isinstance(v, (list, tuple)) else v)
                  for opt, field in _TRAIN_OPTIONS.items()
                  if (v := getattr(args, opt)) is not None}
+    new_job = None
     if args.dataset or args.out:
         if not (args.dataset and args.out):
             raise UsageError("--dataset and --out go together (or give a RUN_DIR with a "
                              "job.json)")
         if args.run_dir:
             raise UsageError("give either RUN_DIR or --dataset/--out, not both")
-        run_dir = args.out
-        if os.path.exists(os.path.join(run_dir, "job.json")) and not args.resume:
-            raise UsageError(f"{run_dir} already holds a job.json: resume it with "
-                             f"'jcsaugment train {run_dir} --resume' or choose another --out")
+        folder = RunFolder(args.out)
+        if folder.has_job() and not args.resume:
+            raise UsageError(f"{folder.path} already holds a job.json: resume it with "
+                             f"'jcsaugment train {args.out} --resume' or choose another --out")
         if not args.resume:
             data = {"dataset": os.path.abspath(args.dataset)}
             if args.splits:
-                import json
-                with open(args.splits, encoding="utf-8") as f:
-                    data["splits"] = json.load(f)
-            try:
-                job = Job.from_dict({"schema": 1, "data": data}).with_overrides(overrides)
+                data["splits"] = _read_splits(args.splits)
+            try:  # checked here, written by the worker once it holds the folder's lock
+                new_job = Job.from_dict({"schema": 1, "data": data})
             except JobError as e:
                 raise UsageError(str(e)) from None
-            os.makedirs(run_dir, exist_ok=True)
-            save_job(run_dir, job)
     else:
         if not args.run_dir:
             raise UsageError("give a RUN_DIR holding job.json, or --dataset DIR --out RUN_DIR")
-        run_dir = args.run_dir
-        if overrides:
-            from .run.job import load_job
-            try:
-                save_job(run_dir, load_job(run_dir).with_overrides(overrides))
-            except JobError as e:
-                raise UsageError(str(e)) from None
-    return run_worker(run_dir, resume=args.resume, quiet=args.quiet)
+        folder = RunFolder(args.run_dir)
+        if not os.path.isdir(folder.path):
+            raise UsageError(f"{args.run_dir}: no such run folder (create one with --dataset "
+                             f"DIR --out {args.run_dir})")
+    return run_worker(folder, resume=args.resume, quiet=args.quiet, overrides=overrides,
+                      restart=args.restart, new_job=new_job)
+
+
+def _read_splits(path: str):
+    """A splits.json file: ``{"train": [ids], "validation": [ids], "test": [ids]}``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"--splits {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--splits {path}: cannot read it ({e})") from None
+    except ValueError as e:
+        raise UsageError(f"--splits {path} is not valid JSON: {e}") from None
 
 
 def _cmd_predict(args) -> int:
-    from .infer.predict import PredictionError, predict_cases
+    from .infer.predict import PredictOptions, predict_cases
+    from .run.folder import RunFolder
+    folder = RunFolder(args.run)
     images = [f.split(",") for f in (args.image or [])]
     if args.split:
-        from .run.job import load_job
+        from .data.dataset import DataError
+        from .run.job import JobError
         from .train.trainer import dataset_and_splits
-        dataset, splits = dataset_and_splits(load_job(args.run), args.run)
+        try:
+            dataset, splits = dataset_and_splits(folder.job(), folder.path)
+        except (JobError, DataError) as e:
+            raise UsageError(f"--split {args.split}: {e}") from None
+        if not splits[args.split]:
+            raise UsageError(f"--split {args.split}: the run's {args.split} split is empty")
         images += [dataset.case(cid).images for cid in splits[args.split]]
     if not images:
         raise UsageError("give --image FILE (channels of one case joined by commas; repeat "
                          "for more cases) or --split test")
-    try:
-        records = predict_cases(args.run, images, args.out, tea=args.tea, z=args.z,
-                                uncertainty=args.uncertainty, checkpoint=args.checkpoint,
-                                device=args.device, progress=print)
-    except PredictionError as e:
-        raise UsageError(str(e)) from None
-    for r in records:
+    options = PredictOptions(tea=args.tea, z=args.z, step=args.step,
+                             uncertainty=args.uncertainty, checkpoint=args.checkpoint,
+                             device=args.device, overwrite=args.overwrite)
+    # progress names the checkpoint used ("using best.pt (best, iteration 40)") and the TEA
+    for r in predict_cases(folder, images, args.out, options, progress=print):
         print(f"wrote {r['prediction']}" + (f" and {r['uncertainty']}" if "uncertainty" in r
                                             else ""))
     return 0
@@ -197,19 +202,27 @@ def _cmd_predict(args) -> int:
 def _cmd_policy(args) -> int:
     import os
     from .charts.policy_chart import draw_policy_file
-    path = args.run if args.run.endswith(".json") else os.path.join(args.run, "policy.json")
-    if not os.path.exists(path):
-        raise UsageError(f"{path} not found: give a run folder (its policy.json) or a policy "
-                         f"JSON file")
+    from .run.folder import RunFolder
+    if args.run.endswith(".json") and not os.path.isdir(args.run):
+        path, what = args.run, "the policy file"
+    else:
+        path, what = RunFolder(args.run).policy_path, "the run folder's policy"
+    if not os.path.isfile(path):
+        raise UsageError(f"{path} not found ({what}): give a run folder that has learned a "
+                         f"policy, or a policy JSON file")
     draw_policy_file(path, args.out, initial=None if args.initial == "none" else args.initial)
     print(f"wrote {args.out}")
     return 0
 
 
 def _cmd_stop(args) -> int:
-    from .run.control import request_stop
-    request_stop(args.run_dir, reason="jcsaugment stop")
-    print(f"asked the worker of {args.run_dir} to stop after its current iteration")
+    import os
+    from .run.folder import RunFolder
+    folder = RunFolder(args.run_dir)
+    if os.path.lexists(folder.path) and not os.path.isdir(folder.path):
+        raise UsageError(f"{folder.path} is a file, not a run folder")
+    folder.request_stop(reason="jcsaugment stop")  # RunFolderError when there is no folder
+    print(f"asked the worker of {folder.path} to stop after its current iteration")
     return 0
 
 
@@ -226,6 +239,7 @@ def _cmd_augment_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .run.job import SPLITS, TEA_CHOICES
     p = argparse.ArgumentParser(prog="jcsaugment", description=(
         "Joint class-specific training- and test-time augmentation for 3D segmentation."))
     sub = p.add_subparsers(dest="command", required=True)
@@ -275,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--splits", help="splits.json: {\"train\": [ids], \"validation\": [ids], "
                                     "\"test\": [ids]}")
     s.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
+    s.add_argument("--restart", action="store_true",
+                   help="start a run folder that holds a checkpoint again from iteration 0 "
+                        "(its checkpoints are kept in checkpoints/before-restart-TIME/)")
     s.add_argument("--quiet", action="store_true", help="no progress bar (for machines)")
     s.add_argument("--backbone", choices=["unet3d", "deepmedic"])
     s.add_argument("--mode", choices=["none", "heuristic", "randaugment-s", "randaugment-m",
@@ -300,11 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, help="the run folder")
     s.add_argument("--image", action="append",
                    help="an image to segment (channels of one case joined by commas); repeat")
-    s.add_argument("--split", choices=["train", "validation", "test"],
+    s.add_argument("--split", choices=SPLITS,
                    help="segment every case of this split of the run's dataset")
     s.add_argument("--out", required=True, help="output folder (one label map per case)")
-    s.add_argument("--tea", default="learned", choices=["learned", "heuristic", "none"])
-    s.add_argument("--z", type=int, help="learned TEA: how many top ops (8 U-Net, 4 DeepMedic)")
+    s.add_argument("--tea", choices=TEA_CHOICES,
+                   help="TEA at inference (default: the job's inference.tea)")
+    s.add_argument("--z", type=int, help="learned TEA: how many top ops (default: the job's "
+                                         "inference.tea_top_z, 8 U-Net, 4 DeepMedic)")
+    s.add_argument("--step", type=float, help="sliding-window step, a fraction of the patch "
+                                              "(default: the job's inference.step, 0.5)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace label maps that already exist in --out")
     s.add_argument("--uncertainty", action="store_true",
                    help="also write a voxel-wise TEA disagreement map")
     s.add_argument("--checkpoint", default="best", choices=["best", "last"])
@@ -324,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=run_evaluate_from_args)
 
     s = sub.add_parser("stop", help="ask a running worker to stop (it checkpoints first)")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", help="the run folder")
     s.set_defaults(func=_cmd_stop)
 
     from .synth import add_synth_arguments, run_synth_from_args
@@ -349,11 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .evaluate.evaluate_folders import EvaluationError
+    from .infer.predict import PredictionError
     from .io.volume import VolumeError
     from .policy.policy_json import PolicyFileError
+    from .run.checkpoint import CheckpointError
+    from .run.control import RunFolderError
+    from .run.job import JobError
     try:
         return args.func(args)
-    except (UsageError, VolumeError, PolicyFileError, EvaluationError) as e:
+    except (UsageError, VolumeError, PolicyFileError, EvaluationError, PredictionError,
+            RunFolderError, CheckpointError, JobError) as e:
         print(f"jcsaugment {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head & co.

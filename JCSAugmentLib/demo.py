@@ -3,11 +3,15 @@
 1. Writes the synthetic dataset (``synth.py``): training site A, validation and test site B,
    which differ by a documented shift.
 2. For each seed, trains the 3D U-Net twice under the same budget (iterations): heuristic TRA
-   (the nnU-Net policy, fixed) and joint learning (class-specific TRA + TEA).
+   (the nnU-Net policy, fixed) and joint learning (class-specific TRA + TEA), each in a fresh
+   run folder ``runs/<mode>_seed<k>`` (an earlier demo's is removed first: the worker refuses
+   to start a folder that already holds a checkpoint, and the report describes this run).
 3. Segments the test site: heuristic model without TEA and with heuristic TEA, joint model
-   without TEA and with its learned TEA; evaluates DSC, sensitivity, precision and HD95.
+   without TEA and with its learned TEA, into the run folders' prediction folders; evaluates
+   DSC, sensitivity, precision and HD95.
 4. Writes a report folder: ``report.md`` (the paper-style table, mean and spread over seeds),
-   ``results.json``, the learned policies as pie charts, a preview grid, the label maps.
+   ``results.json`` (with the label-map folders), the learned policies as pie charts, a
+   preview grid and the segmentations of one test case.
 
 Budget (chosen for a 2-core CPU; a GPU runs the same budget much faster): a 3D U-Net of base
 width 8 on 32^3 patches, batch 4, Adam (lr 3e-3) -- SGD with momentum 0.99, the paper's optimiser,
@@ -27,7 +31,7 @@ import statistics
 import time
 from typing import Dict, List, Optional
 
-from .run.job import save_job
+from .run.folder import RunFolder
 
 METHODS = (  # (row name, training run, TEA at inference)
     ("heuristic TRA, no TEA", "heuristic", "none"),
@@ -87,54 +91,67 @@ def run_demo(out_dir: str = "jcsaugment-demo-report", quick: bool = False,
                     os.path.join(refs, f"{cid}.nii.gz"))
         test_images.append([os.path.join(data_dir, "imagesTr", f"{cid}_0000.nii.gz")])
     rows: Dict[str, List[Dict]] = {m[0]: [] for m in METHODS}
+    runs: Dict[str, RunFolder] = {}
+    label_maps: Dict[str, Dict[str, str]] = {}  # seed -> method -> label-map folder
     for seed in b["seeds"]:
-        runs = {}
         for mode in ("heuristic", "joint"):
-            run = os.path.join(out_dir, "runs", f"{mode}_seed{seed}")
-            if os.path.exists(run):
-                shutil.rmtree(run)
-            os.makedirs(run)
-            save_job(run, _job(os.path.abspath(data_dir), splits, mode, seed, b, device))
+            run = _fresh_run(os.path.join(out_dir, "runs", f"{mode}_seed{seed}"))
+            run.save_job(_job(os.path.abspath(data_dir), splits, mode, seed, b, device))
             log(f"training {mode} (seed {seed}, {b['iterations']} iterations)")
             t0 = time.time()
             rc = run_worker(run, quiet=True)
             if rc != 0:
-                raise RuntimeError(f"training {mode} failed (exit {rc}); see {run}/events.jsonl")
+                raise RuntimeError(f"training {mode} failed (exit {rc}); see "
+                                   f"{run.events_path}")
             log(f"  {time.time() - t0:.0f} s")
             runs[mode] = run
         for name, mode, tea in METHODS:
-            pred = os.path.join(out_dir, "predictions", f"seed{seed}", f"{mode}_tea-{tea}")
-            if os.path.exists(pred):
-                shutil.rmtree(pred)
+            # the label maps go with the model that made them: into its run folder
+            pred = runs[mode].new_predictions_folder(f"tea-{tea}")
+            label_maps.setdefault(f"seed{seed}", {})[name] = pred
             predict_cases(runs[mode], test_images, pred, tea=tea, checkpoint="last",
                           device=device)
             res = evaluate_folders(pred, refs)
             rows[name].append(res)
             log(f"  {name}: {_headline(res)}")
     figures = {}
-    last_joint = os.path.join(out_dir, "runs", f"joint_seed{b['seeds'][-1]}")
+    last_joint = runs["joint"]  # the last seed's
     figures["policy"] = os.path.join(out_dir, "policy.png")
-    draw_policy_file(os.path.join(last_joint, "policy.json"), figures["policy"],
-                     initial="nnunet")
-    preview = os.path.join(last_joint, "previews", "preview_latest.png")
+    draw_policy_file(last_joint.policy_path, figures["policy"], initial="nnunet")
+    preview = last_joint.preview_path("png")
     if os.path.exists(preview):
         figures["preview"] = os.path.join(out_dir, "preview.png")
         shutil.copy(preview, figures["preview"])
     figures["segmentations"] = os.path.join(out_dir, "segmentations.png")
-    _segmentation_figure(out_dir, splits["test"][0], b["seeds"][-1], figures["segmentations"])
+    last_seed = b["seeds"][-1]
+    _segmentation_figure(out_dir, splits["test"][0], last_seed,
+                         label_maps[f"seed{last_seed}"], figures["segmentations"])
     summary = _summarise(rows)
     report = _report(summary, rows, b, describe_shift("default"), figures, time.time() - t_start,
                      format_table)
     with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
         f.write(report)
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"budget": b, "summary": summary}, f, indent=1)
+        json.dump({"budget": b, "summary": summary, "label_maps": label_maps}, f, indent=1)
     log(report)
-    return {"summary": summary, "report": os.path.join(out_dir, "report.md")}
+    return {"summary": summary, "report": os.path.join(out_dir, "report.md"),
+            "label_maps": label_maps}
 
 
-def _segmentation_figure(out_dir: str, case_id: str, seed: int, out_path: str) -> None:
-    """One test case: the reference and the label maps of the four methods (last seed)."""
+def _fresh_run(path: str) -> RunFolder:
+    """An empty run folder at ``path``: the previous demo's run there is removed, since the
+    worker refuses to start a folder that holds a checkpoint (the demo always trains anew,
+    so that its report describes this run)."""
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.makedirs(path)
+    return RunFolder(path)
+
+
+def _segmentation_figure(out_dir: str, case_id: str, seed: int, folders: Dict[str, str],
+                         out_path: str) -> None:
+    """One test case: the reference and the label maps of the four methods (``folders``:
+    method -> its label-map folder, of the last seed)."""
     import SimpleITK as sitk
     from .charts.segmentation_grid import draw_segmentation_grid
 
@@ -142,10 +159,9 @@ def _segmentation_figure(out_dir: str, case_id: str, seed: int, out_path: str) -
         return sitk.GetArrayFromImage(sitk.ReadImage(path))
     image = sitk.ReadImage(os.path.join(out_dir, "dataset", "imagesTr", f"{case_id}_0000.nii.gz"))
     labels = {"reference": read(os.path.join(out_dir, "reference", f"{case_id}.nii.gz"))}
-    for name, mode, tea in METHODS:
-        folder = os.path.join(out_dir, "predictions", f"seed{seed}", f"{mode}_tea-{tea}")
+    for name, _mode, _tea in METHODS:
         labels[name.replace(", ", ",\n").replace(" + ", "\n+ ")] = read(
-            os.path.join(folder, f"{case_id}.nii.gz"))
+            os.path.join(folders[name], f"{case_id}.nii.gz"))
     sx, sy = image.GetSpacing()[:2]
     draw_segmentation_grid(sitk.GetArrayFromImage(image), labels, "reference",
                            title=f"test case {case_id} (site B), seed {seed}",

@@ -42,6 +42,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .image_files import GRID_TOLERANCE, IMAGE_EXTENSIONS, is_image_file
+
 __all__ = [
     "SceneError",
     "GRID_TOLERANCE",
@@ -66,8 +68,6 @@ __all__ = [
     "update_curve_table",
 ]
 
-#: Relative tolerance for "the same grid" (the engine's, see io/volume.py GRID_TOLERANCE).
-GRID_TOLERANCE = 1e-4
 
 #: Node attribute that marks the nodes this module made (value: what the node is for).
 ATTRIBUTE = "JCSAugment.role"
@@ -75,8 +75,6 @@ ATTRIBUTE = "JCSAugment.role"
 #: RAS <-> LPS: x and y change sign.
 _FLIP = np.diag([-1.0, -1.0, 1.0])
 
-#: File endings the engine reads (io/volume.py SUPPORTED_EXTENSIONS).
-_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 #: Line colours of the curves (matplotlib's tab10).
 _PALETTE = ((0.12, 0.47, 0.71), (1.0, 0.50, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
@@ -379,8 +377,9 @@ def place_beside(node, reference_node) -> None:
 
 def _check_path(path: Union[str, "os.PathLike[str]"]) -> str:
     path = os.fspath(path)
-    if not path.lower().endswith(_EXTENSIONS):
-        raise SceneError(f"{path}: unsupported file type; use one of {', '.join(_EXTENSIONS)}")
+    if not is_image_file(path):
+        raise SceneError(f"{path}: unsupported file type; use one of "
+                         f"{', '.join(IMAGE_EXTENSIONS)}")
     return os.path.abspath(path)
 
 

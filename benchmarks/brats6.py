@@ -18,11 +18,12 @@ What it does
    nnU-Net's heuristic TRA (fixed) and joint learning (class-specific TRA + TEA).  The brain
    mask is the ROI for background patch centres.
 3. Predicts the test cases: heuristic model without TEA and with the 8 mirror TEA ops, joint
-   model without TEA and with its learned top-z TEA (``--z``, default 8), and evaluates whole
-   tumour (labels 1-4), tumour core (1, 3, 4) and enhancing tumour (4) with DSC, sensitivity,
-   precision, HD95 (mm).
+   model without TEA and with its learned top-z TEA (``--z``, by default the job's 8), and
+   evaluates whole tumour (labels 1-4), tumour core (1, 3, 4) and enhancing tumour (4) with
+   DSC, sensitivity, precision, HD95 (mm).
 4. Writes ``OUT/report.md`` (the table, the budget, the machine, iterations reached),
-   ``OUT/results.json`` and the learned policy picture ``OUT/policy.png``.
+   ``OUT/results.json`` (with the label-map folders, inside the run folders ``OUT/runs/*``)
+   and the learned policy picture ``OUT/policy.png``.
 
 Two training and two validation volumes are a tiny dataset; on a CPU the budget allows a few
 hundred iterations at most, far from the paper's 50k.  Read the table as "the pipeline runs on
@@ -48,7 +49,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from JCSAugmentLib.evaluate.evaluate_folders import evaluate_folders, format_table  # noqa: E402
 from JCSAugmentLib.infer.predict import predict_cases  # noqa: E402
-from JCSAugmentLib.run.job import save_job  # noqa: E402
+from JCSAugmentLib.run.folder import RunFolder  # noqa: E402
 from JCSAugmentLib.train.worker import run_worker  # noqa: E402
 
 CHANNELS = ("T1c_subtrMeanDivStd.nii.gz", "Flair_subtrMeanDivStd.nii.gz")
@@ -107,9 +108,8 @@ def job(cases, splits, mode, args) -> dict:
             "time_budget_minutes": args.minutes}
 
 
-def iterations_reached(run: str) -> int:
-    with open(os.path.join(run, "status.json"), encoding="utf-8") as f:
-        return int(json.load(f).get("iteration") or 0)
+def iterations_reached(run: RunFolder) -> int:
+    return int((run.status() or {}).get("iteration") or 0)
 
 
 def main(argv=None) -> int:
@@ -124,7 +124,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--optimizer", default="sgd")
-    p.add_argument("--z", type=int, default=8)
+    p.add_argument("--z", type=int, default=None,
+                   help="learned TEA: top z ops (default: the job's inference.tea_top_z, 8)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     t0 = time.time()
@@ -144,27 +145,29 @@ def main(argv=None) -> int:
             test_images.append([named, c["images"][1]])
     runs, reached = {}, {}
     for mode in ("heuristic", "joint"):
-        run = os.path.join(out, "runs", mode)
-        shutil.rmtree(run, ignore_errors=True)
-        os.makedirs(run)
-        save_job(run, job(cases, splits, mode, args))
+        # a fresh run folder every time: the worker refuses to start one that holds a
+        # checkpoint, and the table must describe this run, not an earlier one
+        path = os.path.join(out, "runs", mode)
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        run = RunFolder(path)
+        run.save_job(job(cases, splits, mode, args))
         print(f"training {mode} for {args.minutes} min ...", flush=True)
         if run_worker(run, quiet=True) != 0:
-            raise SystemExit(f"training {mode} failed; see {run}/events.jsonl")
+            raise SystemExit(f"training {mode} failed; see {run.events_path}")
         runs[mode], reached[mode] = run, iterations_reached(run)
         print(f"  {reached[mode]} iterations", flush=True)
-    results = {}
+    results, label_maps = {}, {}
     for name, mode, tea in METHODS:
-        pred = os.path.join(out, "predictions", f"{mode}_tea-{tea}")
-        shutil.rmtree(pred, ignore_errors=True)
+        # the label maps go with the model that made them: into its (fresh) run folder
+        pred = label_maps[name] = runs[mode].new_predictions_folder(f"tea-{tea}")
         t = time.time()
-        predict_cases(runs[mode], test_images, pred, tea=tea,
-                      z=args.z if tea == "learned" else None, checkpoint="last",
+        predict_cases(runs[mode], test_images, pred, tea=tea, z=args.z, checkpoint="last",
                       device=args.device)
         results[name] = evaluate_folders(pred, refs, labels=REGIONS)
         print(f"  {name}: {time.time() - t:.0f} s", flush=True)
     from JCSAugmentLib.charts.policy_chart import draw_policy_file
-    draw_policy_file(os.path.join(runs["joint"], "policy.json"), os.path.join(out, "policy.png"),
+    draw_policy_file(runs["joint"].policy_path, os.path.join(out, "policy.png"),
                      initial="nnunet")
     lines = ["# BraTS 2013, six cases (2 train / 2 validation / 2 test)", "",
              f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores, "
@@ -185,8 +188,8 @@ def main(argv=None) -> int:
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write(report)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"args": vars(args), "iterations": reached, "results": {
-            k: v["summary"] for k, v in results.items()}}, f, indent=1)
+        json.dump({"args": vars(args), "iterations": reached, "label_maps": label_maps,
+                   "results": {k: v["summary"] for k, v in results.items()}}, f, indent=1)
     print(report)
     return 0
 

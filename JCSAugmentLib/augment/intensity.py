@@ -3,7 +3,8 @@
 Every function takes one magnitude per sample (a tensor of shape (b,)) and the samples' case
 statistics (``CaseStats`` rows, (b, C)), so one call handles a whole sub-batch whose samples drew
 different magnitudes. All magnitudes are in z-score units of the case (shift and noise std are
-multiplied by the case std), so the tables mean the same thing for any normalisation.
+multiplied by the case std), so the tables mean the same thing for any normalisation. The
+operation registry (``ops.OPS``) maps the tables' op names to these functions.
 """
 
 from __future__ import annotations
@@ -147,15 +148,3 @@ def low_resolution(x, zoom, stats: CaseStats = None):
         out[i:i + 1] = F.interpolate(down, size=size, mode="nearest")
     return out
 
-
-# Operation name (as in tables.py) -> function. Noise is listed separately because it draws.
-INTENSITY_FUNCTIONS = {
-    "gamma": gamma,
-    "inv_gamma": inverted_gamma,
-    "shift": brightness_shift,
-    "bscale": brightness_scale,
-    "contrast": contrast,
-    "blur": blur,
-    "sharpen": sharpen,
-    "lowres": low_resolution,
-}

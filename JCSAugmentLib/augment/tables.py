@@ -8,13 +8,17 @@ against ``shared/spec/method.md`` section 6:
   ``Jitter``).
 * ``TEA_OPS``: the 84 deterministic test-time operations, identity at index 0.
 
-Nothing in this module computes anything; ``tra.py`` and ``tea.py`` read these tables.
+Every ``op`` a row names is an entry of the operation registry (``ops.OPS``), which says how
+the op runs, what its neutral magnitude is and how charts write it. Nothing in this module
+computes anything; ``tra.py`` and ``tea.py`` read these tables and the registry.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
+
+from .ops import OPS
 
 # --------------------------------------------------------------------------------------------
 # Training-time augmentation (TRA)
@@ -43,11 +47,12 @@ class Jitter:
 class TRAOption:
     """One option of a TRA group.
 
-    ``op`` names the tensor operation (``identity``, ``scale``, ``rotate``, ``rot90``, ``flip``,
-    ``gamma``, ``inv_gamma``, ``shift``, ``bscale``, ``contrast``, ``blur``, ``sharpen``,
-    ``noise``, ``lowres``); ``magnitude`` is the nominal value of the table; ``level`` ranks
-    magnitudes inside the group (1 = small, 2 = medium, 3 = large; 0 for identity and for the
-    90-degree rotation, which is not a magnitude level); it is what RandAugment-S/M/L select.
+    ``op`` names the tensor operation, a key of ``ops.OPS`` (``identity``, ``scale``,
+    ``rotate``, ``rot90``, ``flip``, ``gamma``, ``inv_gamma``, ``shift``, ``bscale``,
+    ``contrast``, ``blur``, ``sharpen``, ``noise``, ``lowres``); ``magnitude`` is the nominal
+    value of the table; ``level`` ranks magnitudes inside the group (1 = small, 2 = medium,
+    3 = large; 0 for identity and for the 90-degree rotation, which is not a magnitude level);
+    it is what RandAugment-S/M/L select.
     """
 
     name: str
@@ -130,11 +135,12 @@ TRA_GROUP_INDEX = {g.name: i for i, g in enumerate(TRA_GROUPS)}
 class TEAOp:
     """One deterministic test-time operation.
 
-    ``kind`` is ``identity``, ``spatial``, ``intensity`` or ``filter_noise``. ``op`` names the
-    tensor operation; ``axis`` the axis it acts about (rotations, rot90, flips); ``magnitude``
-    its parameter: a scale factor, an angle in degrees, a rot90 quarter-turn count (+1, -1, 2),
-    a gamma exponent, a shift in z-score units, a brightness or contrast factor, a sigma, a noise
-    std or a low-resolution zoom.
+    ``kind`` is ``identity``, ``spatial``, ``intensity`` or ``filter_noise`` (the method's
+    grouping of the table). ``op`` names the tensor operation, a key of ``ops.OPS``; ``axis``
+    the axis it acts about (rotations, rot90, flips); ``magnitude`` its parameter: a scale
+    factor, an angle in degrees, a rot90 quarter-turn count (+1, -1, 2), a gamma exponent, a
+    shift in z-score units, a brightness or contrast factor, a sigma, a noise std or a
+    low-resolution zoom.
     """
 
     index: int
@@ -146,8 +152,9 @@ class TEAOp:
 
     @property
     def invertible_exactly(self) -> bool:
-        """True where the inverse on predictions is an exact array permutation."""
-        return self.op in ("identity", "flip", "rot90", "flip_all") or self.kind != "spatial"
+        """True unless the op resamples (scaling, rotation): every other op maps predictions
+        back by an exact array permutation, or leaves them unchanged."""
+        return OPS[self.op].kind != "resampled"
 
 
 def _tea_table():

@@ -8,6 +8,7 @@ Scalings and rotations invert by trilinear resampling with the inverse matrix;
 ``tea_invert(..., return_mask=True)`` also returns the voxels whose value depended on padding
 (outside the field of view of the transformed input), which a TEA loss or average must skip.
 Intensity, filter and noise operations change only the input, so their inverse is the identity.
+Each op's forward and inverse are its entry in the operation registry (``ops.OPS``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Optional
 
 import torch
 
-from . import geometry, intensity
+from . import geometry
+from .ops import OPS
 from .stats import CaseStats
 from .tables import TEA_OPS, TEAOp
 
@@ -31,11 +33,10 @@ def _op(index: int) -> TEAOp:
 def tea_matrix(index: int) -> Optional[torch.Tensor]:
     """Source-from-output matrix (3, 3) of an interpolated TEA op (scale / rotate), else None."""
     op = _op(index)
-    if op.op == "scale":
-        return geometry.scaling_matrix(torch.tensor([op.magnitude]))[0]
-    if op.op == "rotate":
-        return geometry.rotation_matrix(op.axis, torch.tensor([op.magnitude]))[0]
-    return None
+    entry = OPS[op.op]
+    if entry.kind != "resampled":
+        return None
+    return entry.matrix_of(op.axis, op.magnitude)
 
 
 def _check(x: torch.Tensor, what: str):
@@ -56,25 +57,14 @@ def tea_transform(x: torch.Tensor, index: int, stats: Optional[CaseStats] = None
     """
     op = _op(index)
     _check(x, "image")
-    if op.op == "identity":
-        return x
-    if op.op == "flip":
-        return torch.flip(x, (op.axis + 2,))
-    if op.op == "flip_all":
-        return torch.flip(x, (2, 3, 4))
-    if op.op == "rot90":
-        b, c = geometry.plane(op.axis)
-        return torch.rot90(x, int(op.magnitude), dims=(b + 2, c + 2))
-    if op.kind == "spatial":
-        a = tea_matrix(index).expand(x.shape[0], 3, 3)
-        return geometry.affine_resample(x, a, x.shape[2:], padding_mode="border")
+    entry = OPS[op.op]
+    if entry.kind != "intensity":
+        return entry.forward(x, op.axis, op.magnitude)
     if stats is None:
         stats = CaseStats.from_patch(x, quantiles=101)
     stats = stats.to(x.device, x.dtype)
     mag = torch.full((x.shape[0],), float(op.magnitude), dtype=torch.float64)
-    if op.op == "noise":
-        return intensity.gaussian_noise(x, mag, stats, generator)
-    return intensity.INTENSITY_FUNCTIONS[op.op](x, mag, stats)
+    return entry.forward(x, mag, stats, generator)
 
 
 @lru_cache(maxsize=256)
@@ -93,23 +83,12 @@ def tea_invert(y: torch.Tensor, index: int, return_mask: bool = False):
     the inverse had to pad (True = no valid prediction there; always False for exact ops)."""
     op = _op(index)
     _check(y, "prediction")
-    if op.op == "flip":
-        out = torch.flip(y, (op.axis + 2,))
-    elif op.op == "flip_all":
-        out = torch.flip(y, (2, 3, 4))
-    elif op.op == "rot90":
-        b, c = geometry.plane(op.axis)
-        out = torch.rot90(y, -int(op.magnitude), dims=(b + 2, c + 2))
-    elif op.kind == "spatial" and op.op != "identity":
-        a = torch.linalg.inv(tea_matrix(index)).expand(y.shape[0], 3, 3)
-        out = geometry.affine_resample(y, a, y.shape[2:], padding_mode="zeros")
-        if return_mask:
-            mask = _padded_mask(index, tuple(y.shape[2:]), str(y.device), y.dtype)
-            return out, mask.expand(y.shape[0], 1, *y.shape[2:])
+    entry = OPS[op.op]
+    # an op without an inverse changed the image only: the prediction is already on its grid
+    out = y if entry.inverse is None else entry.inverse(y, op.axis, op.magnitude)
+    if not return_mask:
         return out
-    else:
-        out = y
-    if return_mask:
-        return out, torch.zeros((y.shape[0], 1, *out.shape[2:]), dtype=torch.bool,
-                                device=y.device)
-    return out
+    if entry.kind == "resampled":
+        mask = _padded_mask(index, tuple(y.shape[2:]), str(y.device), y.dtype)
+        return out, mask.expand(y.shape[0], 1, *y.shape[2:])
+    return out, torch.zeros((y.shape[0], 1, *out.shape[2:]), dtype=torch.bool, device=y.device)

@@ -31,7 +31,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import geometry, intensity
+from . import geometry
+from .labels import tra_draw_caption
+from .ops import OPS
 from .stats import CaseStats
 from .tables import TRA_GROUPS, TRA_GROUP_INDEX
 
@@ -41,13 +43,9 @@ _ROT = tuple(TRA_GROUP_INDEX[f"rotation_axis{a}"] for a in range(3))
 _MIRROR = tuple(TRA_GROUP_INDEX[f"mirror_axis{a}"] for a in range(3))
 _ROT90_OPTION = tuple(
     next(i for i, o in enumerate(TRA_GROUPS[g].options) if o.op == "rot90") for g in _ROT)
-# Intensity stage, in application order: (group name, option op) pairs.
+# Intensity stage: its groups, in application order.
 _INTENSITY_ORDER = ("noise", "blur_sharpen", "brightness_shift", "brightness_scale", "contrast",
                     "low_resolution", "inverted_gamma", "gamma")
-
-
-def _neutral(op: str) -> float:
-    return 0.0 if op in ("rotate", "shift", "noise", "blur", "sharpen", "flip", "identity") else 1.0
 
 
 def _per_option(fn, dtype=torch.float64):
@@ -55,12 +53,14 @@ def _per_option(fn, dtype=torch.float64):
     return [torch.tensor([fn(o) for o in g.options], dtype=dtype) for g in TRA_GROUPS]
 
 
-# Per group and option: nominal magnitude (NaN where there is none to jitter), neutral value,
-# whether it is a quarter turn or a mirror, and the index of its operation among the group's
-# distinct operations (blur_sharpen has two: blur and sharpen).
-_NOMINAL = _per_option(lambda o: float("nan") if o.magnitude is None or o.op == "rot90"
+# Per group and option: nominal magnitude (NaN where there is none to jitter), neutral value
+# (the registry's; NaN for a mirror or sharpening, which have none, but their options always
+# store a drawn value instead), whether it is a quarter turn or a mirror, and the index of its
+# operation among the group's distinct operations (blur_sharpen has two: blur and sharpen).
+_NOMINAL = _per_option(lambda o: float("nan") if o.magnitude is None or not OPS[o.op].jittered
                        else o.magnitude)
-_NEUTRAL = _per_option(lambda o: _neutral(o.op))
+_NEUTRAL = _per_option(lambda o: float("nan") if OPS[o.op].neutral is None
+                       else OPS[o.op].neutral)
 _IS_ROT90 = _per_option(lambda o: o.op == "rot90", torch.bool)
 _IS_FLIP = _per_option(lambda o: o.op == "flip", torch.bool)
 _GROUP_OPS = [list(dict.fromkeys(o.op for o in g.options[1:])) for g in TRA_GROUPS]
@@ -93,17 +93,8 @@ class TRAParams:
             names = []
             for gi, g in enumerate(TRA_GROUPS):
                 o = g.options[int(self.choices[i, gi])]
-                if o.op == "identity":
-                    continue
-                v = float(self.values[i, gi])
-                if o.op == "flip":
-                    names.append(f"flip{g.axis}")
-                elif o.op == "rot90":
-                    names.append(f"rot90 ax{g.axis} {'+' if v > 0 else '-'}")
-                elif o.op == "rotate":
-                    names.append(f"rot ax{g.axis} {v:+.0f}deg")
-                else:
-                    names.append(f"{o.op} {v:.3g}")
+                if o.op != "identity":
+                    names.append(tra_draw_caption(o.op, g.axis, float(self.values[i, gi])))
             out.append(names)
         return out
 
@@ -139,10 +130,10 @@ class TRAParams:
 
     def interpolated_matrix(self) -> torch.Tensor:
         """Source-from-output matrices (B, 3, 3) of the scaling and small rotations."""
-        m = geometry.scaling_matrix(self.scale())
+        m = OPS["scale"].matrix(None, self.scale())
         ang = self.small_angles()
         for a in range(3):
-            m = m @ geometry.rotation_matrix(a, ang[:, a])
+            m = m @ OPS["rotate"].matrix(a, ang[:, a])
         return m
 
     def spatial_matrix(self) -> torch.Tensor:
@@ -237,9 +228,9 @@ def max_crop_size(patch_size: Sequence[int]) -> Tuple[int, int, int]:
             rows.append((signs, k))
     ang = torch.tensor([[s * largest for s in r[0]] for r in rows], dtype=torch.float64)
     k = torch.tensor([r[1] for r in rows])
-    m = geometry.scaling_matrix(torch.full((len(rows),), smallest_zoom, dtype=torch.float64))
+    m = OPS["scale"].matrix(None, torch.full((len(rows),), smallest_zoom, dtype=torch.float64))
     for a in range(3):
-        m = m @ geometry.rotation_matrix(a, ang[:, a])
+        m = m @ OPS["rotate"].matrix(a, ang[:, a])
     m = m @ geometry.rot90_matrix(k)
     need = geometry.source_extent(m, patch_size).amax(0).sub(1e-6).ceil()
     return tuple(int(n) + ((int(n) - p) % 2) for n, p in zip(need.tolist(), patch_size))
@@ -498,13 +489,12 @@ def _intensity(img, params: TRAParams, stats: CaseStats):
             dev_idx = idx.to(img.device)
             sub = img.index_select(0, dev_idx)
             mag = params.values[idx, gi]
-            st = stats.select(dev_idx)
-            if op == "noise":
-                if generator is None:
-                    generator = torch.Generator(device=img.device)
-                    generator.manual_seed(params.noise_seed)
-                sub = intensity.gaussian_noise(sub, mag, st, generator)
-            else:
-                sub = intensity.INTENSITY_FUNCTIONS[op](sub, mag, st)
+            entry = OPS[op]
+            # one generator, seeded with the batch's noise_seed on the first noise draw, so the
+            # noise of a replayed batch is the same and a batch without noise makes none
+            if entry.draws_noise and generator is None:
+                generator = torch.Generator(device=img.device)
+                generator.manual_seed(params.noise_seed)
+            sub = entry.forward(sub, mag, stats.select(dev_idx), generator)
             img.index_copy_(0, dev_idx, sub)
     return img

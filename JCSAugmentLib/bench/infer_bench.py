@@ -17,6 +17,7 @@ import torch
 from ..augment.tables import TEA_MIRROR_OPS_NNUNET
 from ..infer.sliding_window import sliding_window_predict
 from ..nets.factory import build_network
+from ..nets.losses import full_resolution
 
 
 def run_infer_bench(device: str = "cpu", size: Sequence[int] = (155, 240, 240), patch: int = 64,
@@ -29,8 +30,7 @@ def run_infer_bench(device: str = "cpu", size: Sequence[int] = (155, 240, 240), 
     image = torch.randn(1, *size, generator=g).to(dev)
 
     def net(b):
-        out = model(b)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        return full_resolution(model(b))
 
     results = {}
     for z in zs:

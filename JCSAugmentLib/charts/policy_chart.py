@@ -31,11 +31,12 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullLocator
 from matplotlib.transforms import Affine2D
 
+from ..augment.labels import tea_op_label, tra_group_title
 from ..augment.tables import TEA_OPS, TRA_GROUPS
 from ..policy.initial import (TEA_POLICY_NAMES, TRA_POLICY_NAMES, tea_probabilities,
                               tra_probabilities)
 from ..policy.policies import ClassSpecificTRAPolicy, TEAPolicy, TRAPolicy
-from .preview_grid import _write_atomic
+from ..run.status import atomic_write_bytes
 
 __all__ = ["draw_tra_policy", "draw_tea_policy", "draw_policy_figure", "draw_policy_file",
            "option_style", "OPTION_STYLES", "TRA_COLUMN_TITLES"]
@@ -58,12 +59,8 @@ OPTION_STYLES: Dict[str, dict] = {
 _WEDGE_EDGE = "#505050"
 _HATCH_COLOUR = "#ffffff"
 
-# Short column titles, in TRA_GROUPS order.
-TRA_COLUMN_TITLES: Tuple[str, ...] = (
-    "scale", "rot0", "rot1", "rot2", "flip0", "flip1", "flip2", "gamma", "inv gamma", "shift",
-    "b.scale", "contrast", "blur/sharp", "noise", "low-res",
-)
-assert len(TRA_COLUMN_TITLES) == len(TRA_GROUPS)
+# Short column titles, in TRA_GROUPS order, from the op registry's short labels.
+TRA_COLUMN_TITLES: Tuple[str, ...] = tuple(tra_group_title(g) for g in TRA_GROUPS)
 
 # Column bands above the TRA pies (first column, last column, text).
 _TRA_BANDS = ((0, 6, "spatial"), (7, 11, "intensity"), (12, 14, "filter / noise / resolution"))
@@ -408,32 +405,10 @@ def _tea_family(op) -> str:
     return op.op if op.axis is None else f"{op.op}{op.axis}"
 
 
-_TEA_SHORT_PREFIX = (
-    ("inverted_gamma_", "inv gamma "), ("brightness_scale_", "b.scale "),
-    ("contrast_", "contrast "),
-    ("gamma_", "gamma "), ("shift_", "shift "), ("scale_", "scale "), ("blur_", "blur \u03c3"),
-    ("sharpen_", "sharpen \u03c3"), ("noise_", "noise "), ("lowres_", "low-res "),
-)
-
-
 def tea_short_name(index: int) -> str:
-    """A compact label of TEA op ``index`` (``rot0 +15``, ``rot90 ax2 180``, ``scale 1/1.05``)."""
-    op = TEA_OPS[index]
-    name = op.name
-    if op.op == "identity":
-        return "identity"
-    if op.op == "flip_all":
-        return "flip all"
-    if op.op == "flip":
-        return f"flip {op.axis}"
-    if op.op == "rotate":
-        return f"rot{op.axis} {name.rsplit('_', 1)[1]}"
-    if op.op == "rot90":
-        return f"rot90 ax{op.axis} {name.rsplit('_', 1)[1]}"
-    for prefix, short in _TEA_SHORT_PREFIX:
-        if name.startswith(prefix):
-            return short + name[len(prefix):]
-    return name
+    """A compact label of TEA op ``index`` (``rot0 +15``, ``rot90 ax2 180``, ``scale 1/1.05``),
+    from the op registry's tick label (``augment.labels.tea_op_label``)."""
+    return tea_op_label(TEA_OPS[index])
 
 
 def _tea_height(top: int) -> int:
@@ -628,7 +603,7 @@ def _compose(tra_rows, n_learned, tea, title, top) -> bytes:
 
 def _finish(png: bytes, out_path: Optional[PathLike]) -> bytes:
     if out_path is not None:
-        _write_atomic(out_path, png)
+        atomic_write_bytes(os.fspath(out_path), png)
     return png
 
 

@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 import matplotlib.patheffects as path_effects
 
+from ..run.status import atomic_write_bytes
+
 __all__ = ["draw_preview_grid"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -299,12 +301,6 @@ def _render(prepared, layout: dict, title: Optional[str]) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + ``os.replace``)."""
-    from ..run.status import atomic_write_bytes
-    atomic_write_bytes(os.fspath(path), data)
-
-
 def draw_preview_grid(
     rows: Sequence[dict],
     out_path: Optional[PathLike] = None,
@@ -330,5 +326,5 @@ def draw_preview_grid(
     layout = _layout(prepared, title)
     png = _render(prepared, layout, title)
     if out_path is not None:
-        _write_atomic(out_path, png)
+        atomic_write_bytes(os.fspath(out_path), png)
     return png

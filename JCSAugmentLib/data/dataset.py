@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
+from ..image_files import IMAGE_EXTENSIONS
+
 __all__ = [
     "DataError",
     "CaseSpec",
@@ -209,7 +211,7 @@ def _strip_ending(name: str, endings: Sequence[str]) -> str:
     return os.path.splitext(name)[0]
 
 
-_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_ENDINGS = IMAGE_EXTENSIONS
 
 
 # --------------------------------------------------------------------------

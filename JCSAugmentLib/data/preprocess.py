@@ -504,8 +504,10 @@ def load_cached_case(cache_dir, case_id: str, fingerprint: Optional[str] = None
                 meta["stats"], SourceGeometry.from_dict(meta["source"]), from_cache=True)
 
 
-def _ct_stats_cached(specs: Sequence[CaseSpec], settings: PreprocessSettings,
-                     cache_dir: str) -> dict:
+def cached_ct_statistics(specs: Sequence[CaseSpec], settings: PreprocessSettings,
+                         cache_dir: str) -> dict:
+    """The CT statistics (``lo``, ``hi``, ``mean``, ``std`` per channel) of ``specs``,
+    computed once and kept in ``cache_dir`` under a key of the files and the clip settings."""
     records = []
     for s in specs:
         try:
@@ -573,7 +575,7 @@ def preprocess_dataset(specs: Union[Sequence[CaseSpec], DatasetSpec],
 
     needs_ct = _uses_ct(settings, modality)
     if needs_ct and ct_dataset_stats is None:
-        ct_dataset_stats = (_ct_stats_cached(specs, settings, cache_dir) if cache_dir
+        ct_dataset_stats = (cached_ct_statistics(specs, settings, cache_dir) if cache_dir
                             else ct_statistics(specs, settings.ct_clip))
 
     out = []

@@ -200,15 +200,40 @@ class PatchSampler:
 
     def sample(self, n: int, rng: np.random.Generator) -> PatchDraw:
         """Draw ``n`` patch centres with ``rng`` (a ``numpy.random.Generator``)."""
-        n = int(n)
-        if n < 0:
-            raise DataError(f"patch sampler: cannot draw {n} samples")
+        n = _count(n)
         if self.class_balanced:
             plan = self._class_plan(n, rng)
         else:
             n_fg = int(np.floor(n * self.fg_fraction + 0.5))
             plan = [("fg", int(rng.integers(0, self.num_cases))) for _ in range(n_fg)]
             plan += [("bg", int(rng.integers(0, self.num_cases))) for _ in range(n - n_fg)]
+        return self._draw(plan, rng)
+
+    def sample_foreground(self, n: int, rng: np.random.Generator) -> PatchDraw:
+        """Draw ``n`` centres on foreground voxels (label > 0) whatever ``fg_fraction`` says
+        (the TEA step's validation patch, method.md section 4): each from a case drawn
+        uniformly; class-balanced, from a foreground value drawn uniformly, then a case that
+        has it."""
+        n = _count(n)
+        if self.class_balanced:
+            values = [v for v in self.label_values if v > 0]
+            if not values:
+                raise DataError("patch sampler: no case has a foreground voxel (label > 0)")
+            plan = []
+            for _ in range(n):
+                value = values[int(rng.integers(0, len(values)))]
+                owners = self._cases_with[value]
+                plan.append((value, owners[int(rng.integers(0, len(owners)))]))
+        else:
+            if any(fg is None for fg in self._fg):
+                raise DataError("patch sampler: built with fg_fraction 0, it keeps no "
+                                "foreground voxels to centre patches on")
+            plan = [("fg", int(rng.integers(0, self.num_cases))) for _ in range(n)]
+        return self._draw(plan, rng)
+
+    def _draw(self, plan, rng: np.random.Generator) -> PatchDraw:
+        """One centre per ``(what, case)`` of ``plan``: ``what`` is ``'fg'``, ``'bg'`` or a
+        label value."""
         case_index, centres, values = [], [], []
         for what, ci in plan:
             if what == "fg":
@@ -255,6 +280,13 @@ class PatchSampler:
     def rois(self, case_index: Sequence[int]) -> List[Optional[torch.Tensor]]:
         """The bool ROI tensor ``(Z, Y, X)`` (or None) of each sample's case."""
         return [self._rois[i] for i in case_index]
+
+
+def _count(n) -> int:
+    n = int(n)
+    if n < 0:
+        raise DataError(f"patch sampler: cannot draw {n} samples")
+    return n
 
 
 def _present_values(label_flat: np.ndarray) -> List[int]:

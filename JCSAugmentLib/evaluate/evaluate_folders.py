@@ -47,6 +47,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from ..image_files import GRID_TOLERANCE, IMAGE_EXTENSIONS
+
 from .metrics import (
     METRIC_KEYS,
     SUMMARY_KEYS,
@@ -69,9 +71,8 @@ __all__ = [
     "run_evaluate_from_args",
 ]
 
-#: Longest first, so ``.nii.gz`` wins over ``.gz``-less ``.nii``.
-CASE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-GRID_TOLERANCE = 1e-4
+#: Longest first, so ``.nii.gz`` wins over ``.gz``-less ``.nii`` (see image_files.py).
+CASE_EXTENSIONS = IMAGE_EXTENSIONS
 _SHOW = 10  # names listed in an error message before "..."
 
 

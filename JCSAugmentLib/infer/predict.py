@@ -7,32 +7,65 @@ probabilities; ``heuristic``: nnU-Net's 8 or DeepMedic's 4 mirror ops, equal wei
 map the logits back onto the input's grid (linear resampling of the class probabilities where
 training resampled), and write the label map with the input's exact geometry (size, spacing,
 origin, direction), as NIfTI or NRRD by the input's extension; optionally the TEA disagreement
-map too. Every input is checked before the first prediction, and every output is written
-atomically, so a failure leaves nothing half-written.
+map too.
+
+What is not given is the run's: the TEA mode, its top z and the sliding-window step default to
+the job's ``inference`` settings (job.json), and the checkpoint is the one
+:meth:`RunFolder.pick_checkpoint` names (best.pt, or last.pt with a note saying why); the choice
+is reported through ``progress`` and stored in every record.  Every input and every output is
+checked before the first prediction (an existing output is replaced only with
+``overwrite=True``), and every output is written atomically, so a failure leaves nothing
+half-written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..augment.tables import TEA_OPS
 from ..data.preprocess import PreprocessSettings, preprocess_image, preprocessed_shape
-from ..io.volume import SUPPORTED_EXTENSIONS, VolumeError, read_images
+from ..io.volume import VolumeError, read_images
+from ..image_files import split_image_name
+from ..meta.tea_step import evaluable_tea_ops
 from ..nets.factory import build_network
+from ..nets.losses import full_resolution
 from ..policy.initial import heuristic_tea_ops
 from ..policy.policies import TEAPolicy
-from ..run.checkpoint import best_checkpoint_path, last_checkpoint_path, load_checkpoint
+from ..run.checkpoint import CheckpointError, load_checkpoint
+from ..run.control import RunFolderError
+from ..run.folder import CheckpointChoice, RunFolder, as_run_folder
+from ..run.job import InferenceSpec, Job, JobError
 from .sliding_window import sliding_window_predict
+
+Progress = Optional[Callable[[str], None]]
 
 
 class PredictionError(ValueError):
-    """A problem with the run folder or the inputs, found before anything is written."""
+    """A problem with the run folder, the inputs or the outputs, found before anything is
+    written."""
+
+
+@dataclass
+class PredictOptions:
+    """How :func:`predict_cases` predicts.  ``None`` means the run's own setting: ``tea``
+    (learned, heuristic or none; ``"auto"`` is the job's rule too), ``z`` (learned TEA: how
+    many top ops) and ``step`` (sliding-window step, a fraction of the patch) come from the
+    job's ``inference`` section."""
+    tea: Optional[str] = None
+    z: Optional[int] = None
+    step: Optional[float] = None
+    uncertainty: bool = False
+    checkpoint: str = "best"
+    device: str = "auto"
+    overwrite: bool = False
 
 
 @dataclass
@@ -42,20 +75,33 @@ class LoadedRun:
     state: Dict
     tea: TEAPolicy
     device: torch.device
+    #: the checkpoint loaded, and why that one
+    checkpoint: CheckpointChoice
+    #: the run's inference settings, resolved (tea is never "auto", tea_top_z never None)
+    inference: InferenceSpec
 
 
-def load_run(run_dir: str, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
-    """The trained network and TEA policy of a run folder (``best`` falls back to ``last``)."""
-    path = best_checkpoint_path(run_dir) if checkpoint == "best" else last_checkpoint_path(run_dir)
-    if checkpoint == "best" and not os.path.exists(path):
-        path = last_checkpoint_path(run_dir)
-    if not os.path.exists(path):
-        raise PredictionError(f"{run_dir}: no trained checkpoint (checkpoints/best.pt or "
-                              f"last.pt); train the run first")
-    state = load_checkpoint(path, map_location="cpu")
+def load_run(run: "str | os.PathLike | RunFolder", checkpoint: str = "best",
+             device: str = "auto", progress: Progress = None) -> LoadedRun:
+    """The trained network, TEA policy and inference settings of a run folder.  The checkpoint
+    is :meth:`RunFolder.pick_checkpoint`'s choice, said through ``progress`` ("using best.pt
+    (best, iteration 40)"); a damaged one is an error, never silently replaced by the other."""
+    folder = as_run_folder(run)
+    try:
+        choice = folder.pick_checkpoint(checkpoint)
+    except (RunFolderError, ValueError) as e:
+        raise PredictionError(str(e)) from None
+    try:
+        state = load_checkpoint(choice.path, map_location="cpu")
+    except CheckpointError as e:
+        other = "; --checkpoint last predicts with the last checkpoint instead" if \
+            choice.which == "best" else ""
+        raise PredictionError(f"{e}{other}") from None
+    if progress:
+        progress(f"using {choice.describe()}")
     if "network" not in state:
-        raise PredictionError(f"{path}: this checkpoint does not describe its network (written "
-                              f"by an older JCSAugment); retrain the run")
+        raise PredictionError(f"{choice.path}: this checkpoint does not describe its network "
+                              f"(written by an older JCSAugment); retrain the run")
     net = state["network"]
     model, info = build_network(net["backbone"], net["in_channels"], net["num_classes"],
                                 tuple(net["patch_size"]), spacing=tuple(net["spacing"]),
@@ -66,31 +112,53 @@ def load_run(run_dir: str, checkpoint: str = "best", device: str = "auto") -> Lo
     model.to(dev).eval()
     tea = TEAPolicy()
     tea.load_state_dict(state["tea"])
-    return LoadedRun(model, info, state, tea, dev)
+    return LoadedRun(model, info, state, tea, dev, choice,
+                     _inference_settings(folder, state, progress))
 
 
-def tea_plan(run: LoadedRun, tea: str = "learned", z: Optional[int] = None):
-    """(ops, weights) for the TEA mode: learned top-z of p_V, the heuristic mirrors, or none."""
-    backbone = run.state["network"]["backbone"]
+def _inference_settings(folder: RunFolder, state: Dict, progress: Progress) -> InferenceSpec:
+    """job.json's inference settings, resolved.  When job.json is unreadable, the defaults for
+    the checkpoint's backbone and mode (the same rules: ``Job.resolved``), said through
+    ``progress``."""
+    try:
+        return folder.job().resolved().inference
+    except JobError as e:
+        fallback = Job()
+        fallback.model.backbone = state["network"]["backbone"]
+        trained = (state.get("job") or {}).get("training") or {}
+        if isinstance(trained.get("mode"), str):
+            fallback.training.mode = trained["mode"]
+        inference = fallback.resolved().inference
+        if progress:
+            progress(f"{e}; using the default inference settings for "
+                     f"{fallback.model.backbone} (TEA {inference.tea}, top z "
+                     f"{inference.tea_top_z}, step {inference.step:g})")
+        return inference
+
+
+def tea_plan(run: LoadedRun, tea: Optional[str] = None, z: Optional[int] = None):
+    """(ops, weights) for the TEA mode: learned top-z of p_V, the heuristic mirrors, or none.
+    ``tea`` and ``z`` default to the run's inference settings (``run.inference``)."""
+    tea = run.inference.tea if tea in (None, "auto") else tea
     if tea == "none":
         return [0], [1.0]
     if tea == "heuristic":
-        ops = heuristic_tea_ops(backbone)
+        ops = heuristic_tea_ops(run.state["network"]["backbone"])
         return ops, [1.0 / len(ops)] * len(ops)
     if tea != "learned":
         raise PredictionError(f"--tea must be learned, heuristic or none, got {tea!r}")
-    z = z or (8 if backbone == "unet3d" else 4)
-    return run.tea.top(z)
+    z = run.inference.tea_top_z if z is None else z
+    if isinstance(z, bool) or not isinstance(z, int) or not 1 <= z <= len(TEA_OPS):
+        raise PredictionError(f"--z must be a whole number from 1 to {len(TEA_OPS)}, got {z!r}")
+    # only ops the network can evaluate on its window (a quarter turn of a non-cubic window
+    # changes its shape; the U-Net takes it where the sizes stay divisible, DeepMedic never)
+    evaluable = evaluable_tea_ops(run.model, run.info.input_size, run.info.output_size)
+    return run.tea.top(z, allowed=evaluable)
 
 
 def _output_path(out_dir: str, image_path: str, suffix: str = "") -> str:
-    name = os.path.basename(image_path)
-    for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):
-        if name.lower().endswith(ext):
-            stem, ending = name[:-len(ext)], ext
-            break
-    else:
-        stem, ending = name, ".nii.gz"
+    stem, ending = split_image_name(image_path)
+    ending = ending or ".nii.gz"
     if stem.endswith("_0000"):  # nnU-Net channel suffix: name the result after the case
         stem = stem[:-5]
     if ending in (".nhdr", ".mhd"):
@@ -114,16 +182,58 @@ def _write_atomic(image: sitk.Image, path: str) -> None:
         raise
 
 
-def predict_cases(run_dir: str, images: Sequence[Sequence[str]], out_dir: str,
-                  tea: str = "learned", z: Optional[int] = None, uncertainty: bool = False,
-                  checkpoint: str = "best", device: str = "auto", step: float = 0.5,
-                  progress: Optional[Callable[[str], None]] = None) -> List[Dict]:
-    """Predict every case (a list of channel files each); returns one record per case."""
-    run = load_run(run_dir, checkpoint, device)
-    ops, weights = tea_plan(run, tea, z)
-    pre = run.state.get("preprocess") or {}
+def _case_outputs(images: Sequence[Sequence[str]], out_dir: str, uncertainty: bool,
+                  overwrite: bool) -> List[Tuple[str, Optional[str]]]:
+    """(label map, disagreement map or None) per case, checked: no output overwrites an input,
+    no two cases share one, and none exists already unless ``overwrite``."""
+    outputs = [(_output_path(out_dir, files[0]),
+                _output_path(out_dir, files[0], "_tea_disagreement") if uncertainty else None)
+               for files in images]
+    written = [p for pair in outputs for p in pair if p is not None]
+    for files, pair in zip(images, outputs):
+        inputs = {os.path.abspath(f) for f in files}
+        for p in pair:
+            if p is not None and os.path.abspath(p) in inputs:
+                raise PredictionError(f"{p}: the output would overwrite its input; choose "
+                                      f"another --out folder")
+    if len(set(written)) != len(written):
+        raise PredictionError("two inputs would write the same output name; give images with "
+                              "distinct file names")
+    for p in written:
+        if os.path.isdir(p):
+            raise PredictionError(f"{p} is a folder where the prediction would be written; "
+                                  f"choose another --out folder")
+    existing = [p for p in written if os.path.lexists(p)]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise PredictionError(f"{existing[0]} already exists{more}; choose another --out "
+                              f"folder, or replace it with --overwrite")
+    return outputs
+
+
+def predict_cases(run: "str | os.PathLike | RunFolder", images: Sequence[Sequence[str]],
+                  out_dir: str, options: Optional[PredictOptions] = None,
+                  progress: Progress = None, **option_fields) -> List[Dict]:
+    """Predict every case (a list of channel files each) into ``out_dir``; returns one record
+    per case: its ``image`` files, ``prediction`` (and ``uncertainty``) paths, the ``tea``
+    mode, ``tea_ops``, ``tea_weights``, ``step`` and the ``checkpoint`` used (``path``,
+    ``which``, ``iteration``, ``note``).
+
+    ``options`` (:class:`PredictOptions`) or its fields as keywords
+    (``predict_cases(run, images, out, tea="none")``); what is left ``None`` is the job's."""
+    try:
+        options = dataclasses.replace(options or PredictOptions(), **option_fields)
+    except TypeError as e:  # a misspelt keyword
+        raise TypeError(f"predict_cases: {e}") from None
+    loaded = load_run(run, options.checkpoint, options.device, progress)
+    tea = loaded.inference.tea if options.tea in (None, "auto") else options.tea
+    ops, weights = tea_plan(loaded, tea, options.z)
+    step = loaded.inference.step if options.step is None else options.step
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
+        raise PredictionError(f"--step must be a fraction of the patch in (0, 1], got {step!r}")
+    pre = loaded.state.get("preprocess") or {}
     settings = PreprocessSettings.from_dict(pre.get("settings") or {})
-    n_ch = run.state["network"]["in_channels"]
+    n_ch = loaded.state["network"]["in_channels"]
     volumes = []
     for files in images:  # check everything before predicting anything
         try:
@@ -134,53 +244,47 @@ def predict_cases(run_dir: str, images: Sequence[Sequence[str]], out_dir: str,
             raise PredictionError(f"{files[0]}: {vol.num_channels} channel(s), but the run was "
                                   f"trained on {n_ch}")
         shape = preprocessed_shape(vol.size, vol.spacing, settings)
-        if any(s < o for s, o in zip(shape, run.info.output_size)):
+        if any(s < o for s, o in zip(shape, loaded.info.output_size)):
             raise PredictionError(f"{files[0]}: the image {shape} (after preprocessing) is "
-                                  f"smaller than one patch {tuple(run.info.output_size)}")
+                                  f"smaller than one patch {tuple(loaded.info.output_size)}")
         volumes.append(vol)
-    outputs = [_output_path(out_dir, files[0]) for files in images]
-    for files, out_path in zip(images, outputs):
-        if any(os.path.abspath(out_path) == os.path.abspath(f) for f in files):
-            raise PredictionError(f"{out_path}: the output would overwrite its input; choose "
-                                  f"another --out folder")
-    if len(set(outputs)) != len(outputs):
-        raise PredictionError("two inputs would write the same output name; give images with "
-                              "distinct file names")
+    outputs = _case_outputs(images, out_dir, options.uncertainty, options.overwrite)
     os.makedirs(out_dir, exist_ok=True)
+    if progress:
+        progress(f"TEA {tea}: ops {ops}; sliding-window step {step:g}")
+    checkpoint = dataclasses.asdict(loaded.checkpoint)
     records = []
-    for files, vol in zip(images, volumes):
-        out_path = _output_path(out_dir, files[0])
+    for files, vol, (out_path, u_path) in zip(images, volumes, outputs):
         if progress:
-            progress(f"predicting {os.path.basename(files[0])} with TEA ops {ops}")
+            progress(f"predicting {os.path.basename(files[0])}")
         data, spacing, geom = preprocess_image(vol, settings, pre.get("ct_statistics"),
                                                pre.get("modality") or None,
                                                case_id=os.path.basename(files[0]))
-        x = torch.from_numpy(data).to(run.device)
+        x = torch.from_numpy(data).to(loaded.device)
         from ..augment.stats import CaseStats
         from ..io.volume import case_statistics
-        stats = CaseStats.from_cases([case_statistics(data)], device=run.device)
+        stats = CaseStats.from_cases([case_statistics(data)], device=loaded.device)
 
         def net(b):
-            out = run.model(b)
-            return out[0] if isinstance(out, (tuple, list)) else out
+            return full_resolution(loaded.model(b))
 
         logits, disagreement = sliding_window_predict(
-            net, x, run.info.input_size, run.info.output_size,
-            run.state["network"]["num_classes"], ops, weights, step=step, stats=stats,
-            uncertainty=uncertainty)
+            net, x, loaded.info.input_size, loaded.info.output_size,
+            loaded.state["network"]["num_classes"], ops, weights, step=step, stats=stats,
+            uncertainty=options.uncertainty)
         probs = torch.softmax(logits, 0).cpu().numpy()
         reference = _reference_image(vol)
         labels = _back_to_input_grid(probs, spacing, geom, reference)
         out = sitk.GetImageFromArray(labels.astype(np.uint8))
         out.CopyInformation(reference)
         _write_atomic(out, out_path)
-        rec = {"image": list(files), "prediction": out_path, "tea_ops": list(ops),
-               "tea_weights": [float(w) for w in weights]}
-        if uncertainty:
+        rec = {"image": list(files), "prediction": out_path, "tea": tea, "tea_ops": list(ops),
+               "tea_weights": [float(w) for w in weights], "step": float(step),
+               "checkpoint": dict(checkpoint)}
+        if u_path is not None:
             u = _resample_float(disagreement.cpu().numpy(), spacing, geom, reference)
             u_img = sitk.GetImageFromArray(u.astype(np.float32))
             u_img.CopyInformation(reference)
-            u_path = _output_path(out_dir, files[0], "_tea_disagreement")
             _write_atomic(u_img, u_path)
             rec["uncertainty"] = u_path
         records.append(rec)

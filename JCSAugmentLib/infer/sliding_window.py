@@ -7,7 +7,9 @@ the predictions mapped back with the op's inverse and averaged on **logits** wit
 weights (voxels an inverse had to pad get weight 0); the variants of one window whose shapes
 agree run as one batch. The networks here may have an input context larger than their output
 (DeepMedic): a window is an output tile, the network reads the centred input block around it,
-padded with the case minimum outside the volume.
+padded with the case minimum outside the volume. The noise TEA ops draw from a generator seeded
+by ``seed`` (or by one draw from a given ``generator``), fresh for every call, so the same input,
+network and seed give bit-identical logits.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from ..augment.geometry import crop_around
 from ..augment.stats import CaseStats
 from ..augment.tea import tea_invert, tea_transform
+from ..meta.tea_step import draw_seed, group_by_shape, noise_generator
 
 
 def gaussian_importance(size: Sequence[int], sigma_scale: float = 1 / 8, device=None,
@@ -52,14 +55,17 @@ def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], imag
                            tea_weights: Optional[Sequence[float]] = None, step: float = 0.5,
                            stats: Optional[CaseStats] = None, uncertainty: bool = False,
                            batch_limit: int = 16,
-                           progress: Optional[Callable[[int, int], None]] = None
+                           progress: Optional[Callable[[int, int], None]] = None,
+                           seed: int = 0, generator: Optional[torch.Generator] = None
                            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Logits (K, Z, Y, X) of a whole volume ``image`` (C, Z, Y, X) and, with
     ``uncertainty``, a voxel-wise disagreement map (Z, Y, X) between the TEA predictions: the
     entropy of their weighted mean softmax minus the weighted mean of their entropies (the
     mutual information, in nats; 0 where all ops agree, large where they contradict each other,
     unlike plain entropy, which is also high where every op is unsure in the same way).
-    ``predict`` maps a batch (B, C, *input_size) to logits (B, K, *output_size)."""
+    ``predict`` maps a batch (B, C, *input_size) to logits (B, K, *output_size). ``seed`` seeds
+    the noise of the noise TEA ops; ``generator``, if given, supplies that seed instead (one
+    draw)."""
     device, dtype = image.device, image.dtype
     shape = image.shape[1:]
     if any(s < o for s, o in zip(shape, output_size)):
@@ -72,6 +78,7 @@ def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], imag
     if stats is None:
         stats = CaseStats.from_patch(image[None], quantiles=101)
     pad = stats.min[0].tolist()
+    noise = noise_generator(device, draw_seed(generator) if generator is not None else seed)
     importance = gaussian_importance(output_size, device=device, dtype=dtype)
     logits_sum = torch.zeros((num_classes, *shape), device=device, dtype=dtype)
     weight_sum = torch.zeros(shape, device=device, dtype=dtype)
@@ -81,7 +88,7 @@ def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], imag
     for n, start in enumerate(starts):
         centre = [a + p // 2 for a, p in zip(start, output_size)]
         x = crop_around(image, centre, input_size, pad)[None]
-        inverted, valid = _predict_tea(predict, x, ops, stats, batch_limit)
+        inverted, valid = _predict_tea(predict, x, ops, stats, batch_limit, noise)
         vw = torch.stack([v.to(dtype) * wk for v, wk in zip(valid, w)])  # (T, 1, ...)
         total = vw.sum(0).clamp_min(1e-8)
         stack = torch.stack(inverted)  # (T, K, ...)
@@ -102,16 +109,13 @@ def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], imag
     return logits, (None if info_sum is None else info_sum / weight_sum.clamp_min(1e-8))
 
 
-def _predict_tea(predict, x, ops, stats, batch_limit):
+def _predict_tea(predict, x, ops, stats, batch_limit, noise):
     """Predictions of one window under every op, mapped back; with their valid masks."""
-    transformed = [tea_transform(x, op, stats=stats) for op in ops]
-    groups = {}
-    for k, t in enumerate(transformed):
-        groups.setdefault(tuple(t.shape[2:]), []).append(k)
+    transformed = [tea_transform(x, op, stats=stats, generator=noise) for op in ops]
     inverted = [None] * len(ops)
     valid = [None] * len(ops)
     with torch.no_grad():
-        for ks in groups.values():
+        for ks in group_by_shape(transformed).values():
             for i in range(0, len(ks), batch_limit):
                 chunk = ks[i:i + batch_limit]
                 out = predict(torch.cat([transformed[k] for k in chunk]))

@@ -27,6 +27,8 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from ..image_files import GRID_TOLERANCE, IMAGE_EXTENSIONS, is_image_file
+
 __all__ = [
     "VolumeError",
     "Volume",
@@ -41,11 +43,8 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: File name endings this module reads (checked case-insensitively).
-SUPPORTED_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-#: Relative tolerance used when comparing the grids of two files.
-GRID_TOLERANCE = 1e-4
+#: File name endings this module reads (checked case-insensitively; see image_files.py).
+SUPPORTED_EXTENSIONS = IMAGE_EXTENSIONS
 
 #: Quantiles are computed on at most this many voxels (random subsample).
 MAX_QUANTILE_VOXELS = 2_000_000
@@ -113,11 +112,6 @@ class Volume:
 # --------------------------------------------------------------------------
 
 
-def _has_supported_extension(path: str) -> bool:
-    lower = path.lower()
-    return any(lower.endswith(ext) for ext in SUPPORTED_EXTENSIONS)
-
-
 def _read_sitk(path: PathLike) -> Tuple[str, sitk.Image]:
     """Read ``path`` with SimpleITK and reduce it to a 3D image."""
     path = os.fspath(path)
@@ -125,7 +119,7 @@ def _read_sitk(path: PathLike) -> Tuple[str, sitk.Image]:
         raise VolumeError(path, "file does not exist")
     if os.path.isdir(path):
         raise VolumeError(path, "is a directory, not a volume file")
-    if not _has_supported_extension(path):
+    if not is_image_file(path):
         raise VolumeError(
             path,
             "unsupported file type; expected one of " + ", ".join(SUPPORTED_EXTENSIONS),

@@ -55,14 +55,14 @@ so the values are the same.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Triple = Tuple[int, int, int]
-IntOrTriple = Union[int, Sequence[int]]
+from .shapes import IntOrTriple, Triple, as_triple
+
 
 __all__ = ["DeepMedic", "geometry_input_size", "geometry_output_size"]
 
@@ -86,15 +86,6 @@ class _class_or_instance:
         call.__doc__ = self.func.__doc__
         call.__name__ = self.func.__name__
         return call
-
-
-def _triple(value: IntOrTriple, what: str = "value") -> Triple:
-    if isinstance(value, int):
-        return (value, value, value)
-    t = tuple(int(v) for v in value)
-    if len(t) != 3:
-        raise ValueError(f"{what} must be an int or 3 ints, got {value!r}")
-    return t  # type: ignore[return-value]
 
 
 def _centre_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -206,7 +197,7 @@ class DeepMedic(nn.Module):
         self.num_classes = int(num_classes)
         self.feature_maps = feature_maps
         self.fc_maps = fc_maps
-        self.factors: Tuple[Triple, ...] = tuple(_triple(f, "subsample factor")
+        self.factors: Tuple[Triple, ...] = tuple(as_triple(f, "subsample factor")
                                                  for f in subsample_factors)
         for f in self.factors:
             if any(v < 1 or v % 2 == 0 for v in f):
@@ -220,7 +211,7 @@ class DeepMedic(nn.Module):
         self.fc2 = _PreActConv(fc_maps, fc_maps, 1, preact=True, bias=False)
         self.classifier = _PreActConv(fc_maps, num_classes, 1, preact=True, bias=True)
         self.output_patch: Optional[Triple] = (None if output_patch is None
-                                               else _triple(output_patch, "output patch"))
+                                               else as_triple(output_patch, "output patch"))
         self._init_weights()
 
     # ------------------------------------------------------------------ geometry
@@ -271,7 +262,7 @@ class DeepMedic(nn.Module):
         if x.dim() != 5:
             raise ValueError(f"expected input (B, C, D, H, W), got shape {tuple(x.shape)}")
         if output_size is not None:
-            o = _triple(output_size, "output size")
+            o = as_triple(output_size, "output size")
             _check_fits(tuple(x.shape[2:]), o, self.reduction, self.factors)
         else:
             o = self.output_size(tuple(x.shape[2:]))
@@ -313,18 +304,18 @@ def _regions(output_size: Sequence[int], reduction: int,
 def geometry_input_size(output_size: IntOrTriple, reduction: int = 16,
                         factors: Sequence[IntOrTriple] = (3, 5)) -> Triple:
     """Input size for ``output_size`` with pathways losing ``reduction`` voxels per axis."""
-    o = _triple(output_size, "output size")
+    o = as_triple(output_size, "output size")
     if any(v < 1 for v in o):
         raise ValueError(f"output size must be positive, got {o}")
-    regions = _regions(o, reduction, [_triple(f) for f in factors])
+    regions = _regions(o, reduction, [as_triple(f) for f in factors])
     return tuple(max(reg[a] for reg in regions) for a in range(3))  # type: ignore
 
 
 def geometry_output_size(input_size: IntOrTriple, reduction: int = 16,
                          factors: Sequence[IntOrTriple] = (3, 5)) -> Triple:
     """Largest output per axis whose input fits in ``input_size`` with exactly centred crops."""
-    s = _triple(input_size, "input size")
-    facs = [_triple(f) for f in factors]
+    s = as_triple(input_size, "input size")
+    facs = [as_triple(f) for f in factors]
     out = []
     for a in range(3):
         def need(o):
@@ -344,8 +335,8 @@ def _check_fits(input_size: IntOrTriple, output_size: IntOrTriple, reduction: in
                factors: Sequence[IntOrTriple]) -> None:
     """Raise unless ``input_size`` holds every pathway's region for ``output_size``, exactly
     centred (same parity per axis)."""
-    s = _triple(input_size, "input size")
-    o = _triple(output_size, "output size")
+    s = as_triple(input_size, "input size")
+    o = as_triple(output_size, "output size")
     need = geometry_input_size(o, reduction, factors)
     for a in range(3):
         if need[a] > s[a] or (s[a] - o[a]) % 2:
@@ -356,4 +347,4 @@ def _check_fits(input_size: IntOrTriple, output_size: IntOrTriple, reduction: in
 def _geometry_of(obj) -> Tuple[int, Tuple[Triple, ...]]:
     if isinstance(obj, DeepMedic):
         return obj.reduction, obj.factors
-    return 2 * len(DEFAULT_FEATURE_MAPS), tuple(_triple(f) for f in DEFAULT_SUBSAMPLE)
+    return 2 * len(DEFAULT_FEATURE_MAPS), tuple(as_triple(f) for f in DEFAULT_SUBSAMPLE)

@@ -22,7 +22,8 @@ from torch import nn
 
 from .deepmedic import DeepMedic
 from .losses import batch_soft_dice_loss, crop_target_to, per_sample_seg_loss
-from .unet3d import UNet3D, _triple
+from .shapes import as_triple
+from .unet3d import UNet3D
 
 BACKBONES = ("unet3d", "deepmedic")
 
@@ -91,7 +92,7 @@ def build_network(backbone: str, in_channels: int, num_classes: int,
     ``subsample_factors``).
     """
     backbone = str(backbone).lower()
-    out_size = _triple(patch_size, "patch size")
+    out_size = as_triple(patch_size, "patch size")
     if backbone == "unet3d":
         kwargs = dict(base=4, max_features=16) if small else {}
         kwargs.update(overrides)

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 Logits = Union[torch.Tensor, Sequence[torch.Tensor]]
 
-__all__ = ["per_sample_seg_loss", "batch_soft_dice_loss", "per_sample_soft_dice",
-           "crop_target_to", "downsample_target", "deep_supervision_weights", "LOSS_KINDS"]
+__all__ = ["full_resolution", "per_sample_seg_loss", "batch_soft_dice_loss",
+           "per_sample_soft_dice", "crop_target_to", "downsample_target", "deep_supervision_weights", "LOSS_KINDS"]
 
 LOSS_KINDS = ("ce", "dice", "ce+dice")
 SMOOTH = 1e-5
@@ -173,6 +173,12 @@ def per_sample_soft_dice(probs: torch.Tensor, target: torch.Tensor,
     return dice.mean(1)
 
 
+def full_resolution(output: Logits) -> torch.Tensor:
+    """The full-resolution logits of a network's output: with deep supervision the network
+    returns a list of logits, finest first; otherwise the logits themselves."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
 def batch_soft_dice_loss(logits: Logits, target: torch.Tensor,
                          smooth: float = SMOOTH) -> torch.Tensor:
     """``1 -`` mean foreground soft Dice with sums over batch and voxels (a scalar).
@@ -180,9 +186,7 @@ def batch_soft_dice_loss(logits: Logits, target: torch.Tensor,
     A tuple of deep-supervision logits is scored on its full-resolution member only; a target
     larger than the logits is centre-cropped (DeepMedic).
     """
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
-    probs = torch.softmax(logits, dim=1)
+    probs = torch.softmax(full_resolution(logits), dim=1)
     onehot = _soft_targets(probs, target)
     inter, denom = _dice_terms(probs, onehot, (0, 2, 3, 4), include_background=False)
     return 1.0 - ((2.0 * inter + smooth) / (denom + smooth)).mean()

@@ -27,24 +27,15 @@ it returns the full-resolution logits ``(B, K, D, H, W)`` only.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-Triple = Tuple[int, int, int]
-IntOrTriple = Union[int, Sequence[int]]
+from .shapes import IntOrTriple, Triple, as_triple
+
 
 __all__ = ["UNet3D", "plan_unet", "unet_for_patch"]
-
-
-def _triple(value: IntOrTriple, what: str = "value") -> Triple:
-    if isinstance(value, int):
-        return (value, value, value)
-    t = tuple(int(v) for v in value)
-    if len(t) != 3:
-        raise ValueError(f"{what} must be an int or 3 ints, got {value!r}")
-    return t  # type: ignore[return-value]
 
 
 class _ConvNormAct(nn.Module):
@@ -100,12 +91,12 @@ class UNet3D(nn.Module):
             raise ValueError("a U-Net needs at least 2 stages (the stem and one downsampling)")
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
-        self.strides: Tuple[Triple, ...] = tuple(_triple(s, "stride") for s in strides)
+        self.strides: Tuple[Triple, ...] = tuple(as_triple(s, "stride") for s in strides)
         if kernel_sizes is None:
             kernel_sizes = [3] * len(self.strides)
         if len(kernel_sizes) != len(self.strides):
             raise ValueError("kernel_sizes needs one entry per stage")
-        self.kernel_sizes: Tuple[Triple, ...] = tuple(_triple(k, "kernel size")
+        self.kernel_sizes: Tuple[Triple, ...] = tuple(as_triple(k, "kernel size")
                                                      for k in kernel_sizes)
         for k in self.kernel_sizes:
             if any(v % 2 == 0 for v in k):
@@ -211,7 +202,7 @@ class UNet3D(nn.Module):
                                      max_downsamplings=max_downsamplings)
         net = cls(in_channels, num_classes, base_features=base, max_features=max_features,
                   strides=strides, deep_supervision=deep_supervision, kernel_sizes=kernels)
-        net.check_input_size(_triple(patch_size, "patch size"))
+        net.check_input_size(as_triple(patch_size, "patch size"))
         return net
 
 
@@ -230,7 +221,7 @@ def plan_unet(patch_size: IntOrTriple, spacing: Optional[Sequence[float]] = None
     Returns ``(strides, kernel_sizes)``, the first stride being the stem's ``(1, 1, 1)``.
     Raises ``ValueError`` if the patch is smaller than ``min_size`` or not divisible.
     """
-    size = list(_triple(patch_size, "patch size"))
+    size = list(as_triple(patch_size, "patch size"))
     if any(s < 1 for s in size):
         raise ValueError(f"patch size must be positive, got {tuple(size)}")
     if spacing is None:
@@ -264,7 +255,7 @@ def plan_unet(patch_size: IntOrTriple, spacing: Optional[Sequence[float]] = None
         strides.append(stride)  # type: ignore[arg-type]
         kernels.append(kernel_for(sp))
     if len(strides) < 2:
-        raise ValueError(f"patch size {tuple(_triple(patch_size))} allows no downsampling "
+        raise ValueError(f"patch size {tuple(as_triple(patch_size))} allows no downsampling "
                          f"with min_size {min_size}")
     return tuple(strides), tuple(kernels)
 

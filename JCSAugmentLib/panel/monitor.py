@@ -1,9 +1,10 @@
 """Turn a run folder (and the worker process, when the panel started it) into what the panel shows.
 
 :class:`RunMonitor` is polled by the GUI's timer; each :meth:`RunMonitor.poll` reads only what
-was appended to ``events.jsonl`` since the last one (:class:`~JCSAugmentLib.run.events.
-EventReader`: a poll with nothing new costs one ``os.stat``), folds it into its running state,
-and returns a fresh :class:`ViewState`, which the module binds to widgets as it is.
+was appended to the folder's events since the last one (the :class:`~JCSAugmentLib.run.folder.
+RunFolder`'s :class:`~JCSAugmentLib.run.events.EventReader`: a poll with nothing new costs one
+``os.stat``), folds the typed events into its running state, and returns a fresh
+:class:`ViewState`, which the module binds to widgets as it is.
 
 States (``ViewState.state``)::
 
@@ -20,8 +21,9 @@ States (``ViewState.state``)::
     stopped   finished with reason "stopped" (or killed after a stop that timed out)
 
 Re-attaching: a new monitor on an existing folder reads the whole events file (over several
-polls when it is long, ``catching_up`` meanwhile, each poll bounded to ``poll_budget_s``) and
-reproduces the state; a worker it did not start is watched through its pid (``status.json`` /
+polls when it is long, ``catching_up`` meanwhile, each poll bounded to ``poll_budget_s``; a long
+backlog through :meth:`EventReader.poll_latest`, which parses only the latest policy and
+preview) and reproduces the state; a worker it did not start is watched through its pid (``status.json`` /
 the ``started`` event, checked at most once a second): if that process is gone (or, on Linux,
 the pid now belongs to a program that is not a JCSAugment worker) without a ``finished`` event,
 the run failed.
@@ -36,7 +38,6 @@ Imports neither torch nor numpy: this runs in Slicer's GUI process.
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import socket
@@ -44,17 +45,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from ..run.control import pid_alive, read_lock, stop_requested
-from ..run.events import EVENTS_FILE, EventReader
-from ..run.job import JOB_FILE, SCHEMA, Job, JobError
-from ..run.status import read_status, status_path
+from ..run.control import pid_alive
+from ..run.events import (CheckpointWritten, ErrorEvent, Event, Finished, PolicyUpdate,
+                          PreviewWritten, Progress, Started, Validation, WarningEvent)
+from ..run.folder import RunFolder, as_run_folder
+from ..run.job import Job, JobError
 
 __all__ = ["ViewState", "RunMonitor", "STATES", "format_duration", "Curve"]
 
 STATES = ("idle", "starting", "running", "stopping", "importing", "failed", "done", "stopped")
 BUSY_STATES = ("starting", "running", "stopping", "importing")
 
-_LOG_FILE = "worker.log"
+#: the kinds of which a view shows only the latest (a long backlog skips the others)
+_LATEST_ONLY_KINDS = ("policy", "preview")
 _MAX_WARNINGS = 100
 _MESSAGE_MAX = 240
 
@@ -71,6 +74,12 @@ def format_duration(seconds: Optional[float]) -> str:
         return f"{m} min {s:02d} s" if m < 10 else f"{m} min"
     h, rest = divmod(s, 3600)
     return f"{h} h {rest // 60:02d} min"
+
+
+def _finite(v: Any) -> bool:
+    """A real number that is not NaN or infinite (a metric the worker could not compute is
+    written as null)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _one_line(text: Any, limit: int = _MESSAGE_MAX) -> str:
@@ -151,7 +160,9 @@ class ViewState:
     last_losses: Dict[str, Optional[float]] = field(default_factory=dict)
     best_dice: Optional[float] = None
     curves_changed: bool = False
+    # the latest policy as panel.pictures draws it: {"kind", "iteration", "tra", "tea"}
     policy: Optional[Dict[str, Any]] = None
+    policy_iteration: Optional[int] = None
     policy_changed: bool = False
     preview_files: Optional[Dict[str, str]] = None
     preview_iteration: Optional[int] = None
@@ -255,6 +266,7 @@ def _looks_like_worker(pid: int) -> bool:
 class RunMonitor:
     """Poll a run folder into :class:`ViewState` (see the module's docstring).
 
+    ``run``: a :class:`~JCSAugmentLib.run.folder.RunFolder` or its path (None: no run).
     ``max_points``: per curve.  ``poll_budget_s``: how long one poll may spend reading a backlog
     (the first poll after attaching may spend ``attach_budget_s``); the rest comes on the next
     polls, with ``catching_up`` True (the GUI may poll again at once while it is); None reads
@@ -263,12 +275,13 @@ class RunMonitor:
     tests.
     """
 
-    def __init__(self, run_dir: Optional[str], max_points: int = 2000,
+    def __init__(self, run: "str | os.PathLike | RunFolder | None", max_points: int = 2000,
                  poll_budget_s: Optional[float] = 0.010,
                  attach_budget_s: Optional[float] = 0.010,
                  chunk_bytes: int = 64 * 1024, pid_check_every_s: float = 1.0,
                  clock: Callable[[], float] = time.time):
-        self.run_dir = None if run_dir is None else os.path.abspath(run_dir)
+        self.folder: Optional[RunFolder] = None if run is None else as_run_folder(run)
+        self.run_dir = None if self.folder is None else self.folder.path
         self.max_points = max_points
         self.poll_budget_s = poll_budget_s
         self.attach_budget_s = attach_budget_s
@@ -276,14 +289,14 @@ class RunMonitor:
         self.pid_check_every_s = pid_check_every_s
         self.clock = clock
         self.events_read = 0
-        self._reader = EventReader(self.run_dir) if self.run_dir else None
+        self._reader = self.folder.event_reader() if self.folder else None
         self._first_poll = True
         self._catching_up = False
         self._worker = None
         self._import: Optional[Dict[str, Any]] = None
         self._import_note: Optional[str] = None
         self._import_error: Optional[str] = None
-        self._log = _LogTail(os.path.join(self.run_dir, _LOG_FILE)) if self.run_dir else None
+        self._log = _LogTail(self.folder.worker_log_path) if self.folder else None
         # job
         self._job_key = None
         self._job_info: Dict[str, Any] = {}
@@ -294,13 +307,13 @@ class RunMonitor:
         self._dice = Curve(max_points)
         self._best_dice: Optional[float] = None
         self._last_losses: Dict[str, Optional[float]] = {}
-        self._started: Optional[Dict[str, Any]] = None
-        self._progress: Optional[Dict[str, Any]] = None
-        self._policy: Optional[Dict[str, Any]] = None
-        self._preview: Optional[Dict[str, Any]] = None
-        self._checkpoint: Optional[Dict[str, Any]] = None
-        self._error: Optional[Dict[str, Any]] = None
-        self._finished: Optional[Dict[str, Any]] = None
+        self._started: Optional[Started] = None
+        self._progress: Optional[Progress] = None
+        self._policy: Optional[PolicyUpdate] = None
+        self._preview: Optional[PreviewWritten] = None
+        self._checkpoint: Optional[CheckpointWritten] = None
+        self._error: Optional[ErrorEvent] = None
+        self._finished: Optional[Finished] = None
         self._warnings: Deque[str] = collections.deque(maxlen=_MAX_WARNINGS)
         self._nonfinite_noted = set()
         # status.json and the pid of a worker we did not start
@@ -313,9 +326,9 @@ class RunMonitor:
         # change flags for the next ViewState
         self._flags = {"curves": True, "policy": False, "preview": False, "warnings": False}
         self._last_state: Optional[ViewState] = None
-        if self.run_dir:
+        if self.folder:
             self._read_job()
-            lock = read_lock(self.run_dir)
+            lock = self.folder.lock_record()
             host = lock.get("host") if lock else None
             if host and host != socket.gethostname():
                 self._other_host = host
@@ -355,43 +368,30 @@ class RunMonitor:
 
     # ------------------------------------------------------------------ reading
     def _read_job(self) -> None:
-        if not self.run_dir:
+        """The job's numbers for the view, re-read only when job.json changed (one stat).  A
+        folder whose job.json this version cannot read at all (its schema) is "incompatible":
+        the view says so whatever its events hold."""
+        if self.folder is None:
             return
-        path = os.path.join(self.run_dir, JOB_FILE)
         try:
-            st = os.stat(path)
+            st = os.stat(self.folder.job_path)
         except OSError:
             self._job_key = None
             return
-        key = (st.st_size, st.st_mtime_ns)
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
         if key == self._job_key:
             return
         self._job_key = key
         self._incompatible = self._job_error = None
         try:
-            with open(path, "rb") as f:
-                d = json.loads(f.read().decode("utf-8-sig"))
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            self._job_error = f"job.json cannot be read: {e}"
-            return
-        schema = d.get("schema") if isinstance(d, dict) else None
-        if schema != SCHEMA:
-            if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA:
-                why = f"a newer JCSAugment (job.json schema {schema})"
-            elif schema is None:
-                why = "another program or an early version (its job.json has no schema)"
-            else:
-                why = f"another JCSAugment version (job.json schema {schema!r})"
-            self._incompatible = (f"This run folder was written by {why}; this version reads "
-                                  f"schema {SCHEMA}. Open it with the JCSAugment that made it, "
-                                  f"or start a new run.")
-            return
-        try:
-            job = Job.from_dict(d).resolved()
+            job = self.folder.job()
         except JobError as e:
-            self._job_error = str(e)
+            if e.field == "schema":  # job.py says which version wrote it
+                self._incompatible = str(e)
+            else:
+                self._job_error = str(e)
             return
-        self._set_job_info(job)
+        self._set_job_info(job.resolved())
 
     def _set_job_info(self, job: Job) -> None:
         t = job.training
@@ -400,55 +400,50 @@ class RunMonitor:
                           "backbone": job.model.backbone, "mode": t.mode, "init": t.init,
                           "device": job.device}
 
-    def _fold(self, ev: Dict[str, Any]) -> None:
-        kind = ev.get("kind")
-        if kind == "progress":
+    def _fold(self, ev: Event) -> None:
+        """One typed event into the running state (its fields already have their types: a
+        field of the wrong type on disk reads as its default)."""
+        if isinstance(ev, Progress):
             self._progress = ev
-            it = ev.get("iteration")
-            losses = ev.get("losses")
-            if isinstance(it, (int, float)) and isinstance(losses, dict):
-                for name, v in losses.items():
+            if ev.iteration is not None and ev.losses:
+                for name, v in ev.losses.items():
                     self._last_losses[name] = v
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) \
-                            and math.isfinite(v):
+                    if v is not None and math.isfinite(v):
                         curve = self._curves.get(name)
                         if curve is None:
                             curve = self._curves[name] = Curve(self.max_points)
-                        curve.add(it, float(v))
+                        curve.add(ev.iteration, v)
                     elif name not in self._nonfinite_noted:
                         self._nonfinite_noted.add(name)
-                        self._warn(f"the {name} loss is not a finite number at iteration {it} "
-                                   f"(training may have diverged)")
+                        self._warn(f"the {name} loss is not a finite number at iteration "
+                                   f"{ev.iteration} (training may have diverged)")
                 self._flags["curves"] = True
-        elif kind == "policy":
+        elif isinstance(ev, PolicyUpdate):
             self._policy = ev
             self._flags["policy"] = True
-        elif kind == "preview":
+        elif isinstance(ev, PreviewWritten):
             self._preview = ev
             self._flags["preview"] = True
-        elif kind == "validation":
-            metrics = ev.get("metrics") or {}
-            d = metrics.get("dice_foreground") if isinstance(metrics, dict) else None
-            ep = ev.get("epoch")
-            if isinstance(d, (int, float)) and isinstance(ep, (int, float)) and math.isfinite(d):
-                self._dice.add(int(ep) + 1, float(d))
+        elif isinstance(ev, Validation):
+            d = ev.metrics.get("dice_foreground")
+            if _finite(d) and ev.epoch is not None:
+                self._dice.add(ev.epoch + 1, float(d))
                 self._best_dice = d if self._best_dice is None else max(self._best_dice, d)
                 self._flags["curves"] = True
-        elif kind == "checkpoint":
+        elif isinstance(ev, CheckpointWritten):
             self._checkpoint = ev
-        elif kind == "warning":
-            self._warn(str(ev.get("message", "")))
-        elif kind == "error":
+        elif isinstance(ev, WarningEvent):
+            self._warn(ev.message)
+        elif isinstance(ev, ErrorEvent):
             self._error = ev
-        elif kind == "finished":
+        elif isinstance(ev, Finished):
             self._finished = ev
-        elif kind == "started":
+        elif isinstance(ev, Started):
             self._on_started(ev)
 
-    def _on_started(self, ev: Dict[str, Any]) -> None:
-        info = ev.get("info") if isinstance(ev.get("info"), dict) else {}
-        resumed = info.get("resumed_from")
-        if isinstance(resumed, int):
+    def _on_started(self, ev: Started) -> None:
+        resumed = ev.resumed_from
+        if resumed is not None:
             for c in self._curves.values():
                 c.truncate(resumed)
         elif self._started is not None or self._curves:
@@ -462,10 +457,9 @@ class RunMonitor:
         self._progress = None
         self._pid_dead = None
         self._flags["curves"] = True
-        job = ev.get("job")
-        if isinstance(job, dict):
+        if ev.job:
             try:
-                self._set_job_info(Job.from_dict(job).resolved())
+                self._set_job_info(Job.from_dict(ev.job).resolved())
             except (JobError, TypeError, ValueError):
                 pass
 
@@ -476,97 +470,37 @@ class RunMonitor:
             self._flags["warnings"] = True
 
     def _read_events(self, budget: Optional[float]) -> None:
-        if self._reader is None:
+        """What was appended since the last poll, within ``budget`` seconds (None: all of it).
+        A long backlog (re-attaching) is read by the reader's fast catch-up first."""
+        reader = self._reader
+        if reader is None:
             return
         t0 = time.perf_counter()
-        more = self._catch_up(budget, t0)
-        if more:
+        for ev in reader.poll_latest(_LATEST_ONLY_KINDS, budget,
+                                     None if budget is None else 4 * self.chunk_bytes):
+            self._fold(ev)
+            self.events_read += 1
+        if budget is not None and time.perf_counter() - t0 >= budget and \
+                reader.offset < reader.file_size:
             self._catching_up = True
             return
+        more = False
         while True:
-            evs = self._reader.poll(max_bytes=self.chunk_bytes)
-            if not evs:
+            before = reader.offset
+            evs = reader.poll_events(max_bytes=self.chunk_bytes)
+            self._fold_all(evs)
+            if reader.offset == before:  # nothing complete left (or a half-written line)
                 more = False
                 break
-            for ev in evs:
-                self._fold(ev)
-            self.events_read += len(evs)
             more = True
             if budget is not None and time.perf_counter() - t0 >= budget:
                 break
         self._catching_up = more
 
-    def _catch_up(self, budget: Optional[float], t0: float) -> bool:
-        """Read a long backlog fast: policy and preview events are parsed only when no later one
-        of the same kind follows among the lines read (the view shows only the latest);
-        everything else as usual.  Returns True when the budget ran out with more to read.  A
-        short backlog is left to the EventReader (the tolerant path for the last, possibly
-        half-written, line)."""
-        reader = self._reader
-        try:
-            size = os.stat(reader.path).st_size
-        except OSError:
-            return False
-        if size - reader.offset < self._FAST_BACKLOG:
-            return False
-        try:
-            f = open(reader.path, "rb")
-        except OSError:
-            return False
-        with f:
-            while size - reader.offset >= self._FAST_BACKLOG:
-                start = reader.offset
-                f.seek(start)
-                data = f.read(self._FAST_BLOCK if budget is None else 4 * self.chunk_bytes)
-                end = data.rfind(b"\n")
-                if end < 0:
-                    return False  # one very long line: the EventReader reads it whole
-                if start == 0 and hasattr(reader, "_head"):
-                    first = data.find(b"\n")
-                    reader._head = data[:min(reader._HEAD, first + 1)]
-                pending: Dict[bytes, bytes] = {}
-                i = 0
-                k = 0
-                out_of_time = False
-                while i <= end:
-                    j = data.find(b"\n", i)
-                    line = data[i:j]
-                    i = j + 1
-                    kind = next((s for s in self._SKIP_KINDS if data.find(s, j - len(line),
-                                                                          j - len(line) + 64)
-                                 >= 0), None)
-                    if kind is not None:
-                        pending[kind] = line
-                    else:
-                        self.events_read += self._fold_line(line)
-                    k += 1
-                    if budget is not None and k % 64 == 0 and \
-                            time.perf_counter() - t0 >= budget:
-                        out_of_time = True
-                        break
-                for line in pending.values():  # the latest of each kind read so far
-                    self.events_read += self._fold_line(line)
-                reader.offset = start + i
-                if out_of_time:
-                    return size - reader.offset > 0
-        return False
-
-    _FAST_BACKLOG = 256 * 1024
-    _FAST_BLOCK = 4 * 1024 * 1024
-    _SKIP_KINDS = (b'"kind":"policy"', b'"kind":"preview"')
-
-    def _fold_line(self, line: bytes) -> int:
-        line = line.strip()
-        if not line:
-            return 0
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            return 0
-        if not isinstance(ev, dict):
-            return 0
-        self._fold(ev)
-        return 1
+    def _fold_all(self, events: List[Event]) -> None:
+        for ev in events:
+            self._fold(ev)
+        self.events_read += len(events)
 
     def _read_status(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -574,7 +508,7 @@ class RunMonitor:
             return
         self._status_checked = now
         try:
-            st = os.stat(status_path(self.run_dir))
+            st = os.stat(self.folder.status_path)
         except OSError:
             self._status = None
             self._status_key = None
@@ -582,7 +516,7 @@ class RunMonitor:
         key = (st.st_size, st.st_mtime_ns)
         if key != self._status_key:
             self._status_key = key
-            self._status = read_status(self.run_dir)
+            self._status = self.folder.status()
 
     # ------------------------------------------------------------------ polling
     def poll(self, budget_s: Optional[float] = -1.0) -> ViewState:
@@ -615,15 +549,14 @@ class RunMonitor:
         return view
 
     # ------------------------------------------------------------------ the view
-    def _session(self, ev: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    def _session(self, ev: Optional[Event]) -> Optional[Event]:
         """``ev`` if it belongs to the attached worker's session (written after it started)."""
         if ev is None:
             return None
         w = self._worker
         if w is None or w.started_at is None:
             return ev
-        t = ev.get("t")
-        return ev if isinstance(t, (int, float)) and t >= w.started_at - 0.002 else None
+        return ev if ev.t is not None and ev.t >= w.started_at - 0.002 else None
 
     def _abs(self, p: Any) -> Any:
         if isinstance(p, str) and self.run_dir and not os.path.isabs(p):
@@ -650,57 +583,50 @@ class RunMonitor:
         v.warnings = list(self._warnings)
         if self._job_error and not self._incompatible:
             v.warnings.append(self._job_error)
-        v.policy = self._policy
+        if self._policy is not None:
+            p = self._policy
+            v.policy = {"kind": p.kind, "iteration": p.iteration, "tra": p.tra, "tea": p.tea}
+            v.policy_iteration = p.iteration
         if self._preview is not None:
-            files = self._preview.get("files")
-            if isinstance(files, dict):
-                v.preview_files = {k: self._abs(p) for k, p in files.items()}
-            elif isinstance(files, (list, tuple)):
-                v.preview_files = {str(i): self._abs(p) for i, p in enumerate(files)}
-            elif isinstance(files, str):
-                v.preview_files = {"png": self._abs(files)}
-            v.preview_iteration = self._preview.get("iteration")
+            v.preview_files = {k: self._abs(p) for k, p in self._preview.files.items()}
+            v.preview_iteration = self._preview.iteration
         if self._checkpoint is not None:
-            v.checkpoint = self._abs(self._checkpoint.get("path"))
-            v.checkpoint_iteration = self._checkpoint.get("iteration")
+            v.checkpoint = self._abs(self._checkpoint.path)
+            v.checkpoint_iteration = self._checkpoint.iteration
 
         started = self._session(self._started)
         finished = self._session(self._finished)
         error = self._session(self._error)
         progress = self._progress if (self._worker is None or started is not None) else None
         if started is not None:
-            sinfo = started.get("info") if isinstance(started.get("info"), dict) else {}
-            v.device = sinfo.get("device")
-            v.pid = started.get("pid")
+            device = started.info.get("device")
+            v.device = device if isinstance(device, str) else None
+            v.pid = started.pid
         if progress is not None:
-            v.iteration = int(progress.get("iteration") or 0)
-            v.total = progress.get("of") or v.total
-            ep = progress.get("epoch")
-            v.epoch = int(ep) + 1 if isinstance(ep, (int, float)) else None
-            v.speed = progress.get("speed")
+            v.iteration = progress.iteration or 0
+            v.total = progress.of or v.total
+            v.epoch = None if progress.epoch is None else progress.epoch + 1
+            v.speed = progress.speed
         elif self._worker is not None and self._started is not None and self._progress:
             # a new session has not reported yet: show where the last one got to
-            v.iteration = int(self._progress.get("iteration") or 0)
+            v.iteration = self._progress.iteration or 0
         if finished is not None:
-            summary = finished.get("summary") if isinstance(finished.get("summary"), dict) \
-                else {}
-            v.summary = summary
-            v.finished_reason = finished.get("reason")
-            outputs = finished.get("outputs")
-            if isinstance(outputs, dict):
-                v.outputs = {k: self._abs(p) for k, p in outputs.items()}
-            if isinstance(summary.get("iterations"), int):
-                v.iteration = summary["iterations"]
+            v.summary = finished.summary
+            v.finished_reason = finished.reason
+            v.outputs = {k: self._abs(p) for k, p in finished.outputs.items()}
+            iterations = finished.summary.get("iterations")
+            if isinstance(iterations, int) and not isinstance(iterations, bool):
+                v.iteration = iterations
         if v.total:
             v.fraction = min(1.0, v.iteration / v.total)
         budget = info.get("budget")
         if budget:
             v.time_budget_seconds = float(budget) * 60.0
-        if started is not None and isinstance(started.get("t"), (int, float)):
-            end_t = finished.get("t") if finished is not None else None
+        if started is not None and started.t is not None:
+            end_t = finished.t if finished is not None else None
             if end_t is None and error is not None:
-                end_t = error.get("t")
-            v.elapsed_seconds = max(0.0, (end_t if end_t is not None else now) - started["t"])
+                end_t = error.t
+            v.elapsed_seconds = max(0.0, (end_t if end_t is not None else now) - started.t)
 
         # the worker process, when the panel started it
         w = self._worker
@@ -724,7 +650,7 @@ class RunMonitor:
             state, message = self._import_state(v, import_ended, state, message)
             v.state = state
         if self._catching_up:
-            size = self._events_size()
+            size = self._reader.file_size
             pct = int(100 * self._reader.offset / size) if size else 100
             message = f"Reading the run's history ({pct}%)\u2026"
         elif self._import_note and state in ("done", "stopped"):
@@ -737,12 +663,6 @@ class RunMonitor:
             v.changed = True
         return v
 
-    def _events_size(self) -> int:
-        try:
-            return os.stat(os.path.join(self.run_dir, EVENTS_FILE)).st_size
-        except OSError:
-            return 0
-
     def _log_text(self, w) -> str:
         if w is not None and getattr(w, "log_path", None):
             if self._log is None or self._log.path != w.log_path:
@@ -752,49 +672,49 @@ class RunMonitor:
             return self._log.read()
         return ""
 
-    def _eta(self, v: ViewState, progress: Optional[Dict[str, Any]], now: float) -> None:
+    def _eta(self, v: ViewState, progress: Optional[Progress], now: float) -> None:
         """Seconds left: the worker's estimate, counted down since it was written, capped by
         what is left of the time budget (which also moves the progress fraction)."""
         eta = None
         if progress is not None:
-            eta = progress.get("eta")
-            if not isinstance(eta, (int, float)) and v.speed and v.total:
+            eta = progress.eta
+            if eta is None and v.speed and v.total:
                 eta = (v.total - v.iteration) / v.speed if v.speed > 0 else None
-            t = progress.get("t")
-            if isinstance(eta, (int, float)) and isinstance(t, (int, float)):
-                eta = max(0.0, eta - max(0.0, now - t))
+            if eta is not None and progress.t is not None:
+                eta = max(0.0, eta - max(0.0, now - progress.t))
         if v.time_budget_seconds and v.elapsed_seconds is not None:
             left = max(0.0, v.time_budget_seconds - v.elapsed_seconds)
             eta = left if eta is None else min(eta, left)
             v.fraction = max(v.fraction, min(1.0, v.elapsed_seconds / v.time_budget_seconds))
         v.eta_seconds = eta
 
-    def _state(self, v: ViewState, started, finished, error, progress, worker_ended: bool,
+    def _state(self, v: ViewState, started: Optional[Started], finished: Optional[Finished],
+               error: Optional[ErrorEvent], progress: Optional[Progress], worker_ended: bool,
                now: float) -> Tuple[str, str]:
         w = self._worker
         if self._incompatible:
             v.error = self._incompatible
             return "failed", self._incompatible
         if finished is not None:
-            reason = finished.get("reason")
+            reason = finished.reason
             if reason == "failed":
-                v.error = (error or {}).get("message") or "the run failed"
-                v.traceback = (error or {}).get("traceback")
+                v.error = (error.message if error is not None else "") or "the run failed"
+                v.traceback = error.traceback if error is not None else None
                 return "failed", f"Failed: {v.error}"
             if reason == "stopped":
                 where = f"iteration {v.iteration}" + (f" of {v.total}" if v.total else "")
                 return "stopped", (f"Stopped at {where}; the checkpoint is saved: Resume "
                                    f"continues from there.")
             seconds = (v.summary or {}).get("seconds")
-            took = f" in {format_duration(seconds)}" if isinstance(seconds, (int, float)) else ""
+            took = f" in {format_duration(seconds)}" if _finite(seconds) else ""
             dice = (f"; validation Dice {v.dice_curve[-1][1]:.3f}" if v.dice_curve else "")
             if reason == "budget":
                 return "done", (f"Done: the time budget ended the run after {v.iteration} "
                                 f"iterations{took}{dice}.")
             return "done", f"Done: {v.iteration} iterations{took}{dice}."
         if error is not None:
-            v.error = str(error.get("message") or "the worker reported an error")
-            v.traceback = error.get("traceback")
+            v.error = error.message or "the worker reported an error"
+            v.traceback = error.traceback
             return "failed", f"Failed: {v.error}"
         if w is not None and w.started:
             if worker_ended:
@@ -813,7 +733,7 @@ class RunMonitor:
                 return "starting", self._starting_message(w.started_at, now)
             # the worker clears an old stop file before it reports "started": one seen now is a
             # new request (e.g. `jcsaugment stop RUN` from a terminal)
-            if stop_requested(self.run_dir):
+            if self.folder is not None and self.folder.stop_requested():
                 return "stopping", self._stopping_message("requested")
             return "running", self._running_message(v, progress)
         # no worker of ours: the folder's own account
@@ -837,10 +757,10 @@ class RunMonitor:
                 return "failed", f"The job cannot run: {self._job_error}"
             return "idle", "Ready: the job is written; Train starts it."
         pid = (status or {}).get("pid") if status and status.get("state") != "unknown" \
-            else started.get("pid")
+            else started.pid
         if not self._catching_up and self._worker_gone(pid):
             return self._died(v, pid)
-        if stop_requested(self.run_dir):
+        if self.folder.stop_requested():
             return "stopping", self._stopping_message("requested")
         return "running", self._running_message(v, progress)
 

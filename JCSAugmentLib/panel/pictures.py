@@ -23,6 +23,8 @@ import os
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+from ..run.folder import RunFolder, load_preview_arrays
+
 __all__ = ["policy_pngs", "write_policy_pngs", "policy_pngs_command", "curve_png",
            "section_pictures", "policy_dict_from_event", "preview_volumes", "PICTURE_NAMES"]
 
@@ -75,7 +77,7 @@ def _load(source: PolicySource):
         return policy_from_dict(d)
     path = os.fspath(source)
     if os.path.isdir(path):
-        path = os.path.join(path, "policy.json")
+        path = RunFolder(path).policy_path
     with open(path, "r", encoding="utf-8") as f:
         d = json.load(f)
     if isinstance(d, dict) and d.get("format") != "jcsaugment-policy" and "tra" in d:
@@ -168,34 +170,35 @@ def policy_pngs_command(source: str, out_dir: str, python: Optional[str] = None,
 
 # ----------------------------------------------------------------------------- previews
 
-def preview_volumes(preview: Union[str, Mapping[str, str]], channel: int = 0
-                    ) -> Dict[str, Any]:
+def preview_volumes(preview: Union[str, "os.PathLike[str]", RunFolder, Mapping[str, str]],
+                    channel: int = 0) -> Dict[str, Any]:
     """The worker's preview patches as 3D arrays (z, y, x) for preview volume nodes:
     ``{"foreground original": a, "foreground sample 1": a, ..., "foreground label": a,
     "foreground sample 1 label": a, ..., "background ...": ...}``.
 
-    ``preview``: ``ViewState.preview_files`` (its ``"arrays"`` entry) or the ``.npz`` path.
-    Needs numpy (Slicer bundles it); imports it here, not at module import.
+    ``preview``: ``ViewState.preview_files`` (its ``"arrays"`` entry), the ``.npz`` path (the
+    format of :func:`~JCSAugmentLib.run.folder.save_preview_arrays`) or a :class:`RunFolder`
+    (its latest preview).  Needs numpy (Slicer bundles it); imports it here, not at module
+    import.
     """
     import numpy as np
-    path = preview.get("arrays") if isinstance(preview, Mapping) else preview
+    if isinstance(preview, RunFolder):
+        path = preview.preview_path("npz")
+    else:
+        path = preview.get("arrays") if isinstance(preview, Mapping) else preview
     if not path:
         raise ValueError("the preview has no arrays file")
+    arrays = load_preview_arrays(os.fspath(path))
     out: Dict[str, Any] = {}
-    with np.load(os.fspath(path), allow_pickle=False) as npz:
-        rows = sorted({k.rsplit("_", 1)[0] for k in npz.files})
-        for row in rows:
-            images = npz.get(f"{row}_images")
-            labels = npz.get(f"{row}_labels")
-            n = 0 if images is None else images.shape[0]
-            for i in range(n):
-                name = f"{row} original" if i == 0 else f"{row} sample {i}"
-                img = images[i]
-                out[name] = np.ascontiguousarray(img[min(channel, img.shape[0] - 1)]
-                                                 if img.ndim == 4 else img)
-                if labels is not None and i < labels.shape[0]:
-                    out[f"{name} label" if i else f"{row} label"] = np.ascontiguousarray(
-                        labels[i])
+    for row, images in arrays.images.items():
+        labels = arrays.labels[row]
+        for i in range(images.shape[0]):
+            name = f"{row} original" if i == 0 else f"{row} sample {i}"
+            img = images[i]
+            out[name] = np.ascontiguousarray(img[min(channel, img.shape[0] - 1)]
+                                             if img.ndim == 4 else img)
+            if i < labels.shape[0]:
+                out[f"{name} label" if i else f"{row} label"] = np.ascontiguousarray(labels[i])
     return out
 
 
@@ -263,7 +266,7 @@ def section_pictures(out_dir: str, run_dir: Optional[str] = None) -> Dict[str, s
         p = os.path.join(out_dir, "progress.png")
         atomic_write_bytes(p, curve_png(view))
         paths["progress"] = p
-        if os.path.exists(os.path.join(run_dir, "policy.json")):
+        if RunFolder(run_dir).has_policy():
             policy_source = run_dir
         elif view.policy is not None:
             policy_source = view.policy

@@ -3,7 +3,8 @@
 ``g_i = dL_val / dw_i`` is the meta-gradient of sample i's weight. Two normalisations make the
 policy step usable with few samples per batch:
 
-* gradient normalisation (paper Eq. 10): ``h_i = g_i - mean(g_j, j of i's class)``;
+* gradient normalisation (paper Eq. 10): ``h_i = g_i - mean(g_j, j of i's class)``, the class
+  of the patch's centre voxel, also when one policy serves every class;
 * sampling normalisation (paper Eq. 11): in each group, sample i's contribution is divided by
   the number of samples of its class that drew the same option in that group.
 
@@ -65,9 +66,15 @@ def _check_g(g: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def tra_logit_gradients(policy: ClassSpecificTRAPolicy, draw: TRADraw, g: torch.Tensor,
-                        classes: torch.Tensor, normalise: bool = True) -> List[torch.Tensor]:
+                        classes: torch.Tensor, normalise: bool = True,
+                        centre_classes: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
     """Gradients of the validation loss for every logit tensor of ``policy`` (in
-    ``policy.parameters()`` order: class-major, then group)."""
+    ``policy.parameters()`` order: class-major, then group).
+
+    ``classes``: the policy each sample drew from; Eq. 11 counts the samples of that policy.
+    ``centre_classes``: the class of each patch's centre voxel, which Eq. 10 subtracts the mean
+    within (default ``classes``). The two differ when one policy serves every class (the
+    ``learned`` mode): the policy is shared, the normalisation is still per centre class."""
     params = list(policy.parameters())
     classes = torch.as_tensor(classes, dtype=torch.long).cpu()
     g = _check_g(g, draw.choices.shape[0])
@@ -75,7 +82,9 @@ def tra_logit_gradients(policy: ClassSpecificTRAPolicy, draw: TRADraw, g: torch.
         grads = torch.autograd.grad((g.to(draw.weight.dtype) * draw.weight).sum(), params,
                                     allow_unused=True, retain_graph=True)
         return [torch.zeros_like(p) if d is None else d for p, d in zip(params, grads)]
-    h = gradient_normalisation(g, classes)
+    centre_classes = (classes if centre_classes is None
+                      else torch.as_tensor(centre_classes, dtype=torch.long).cpu())
+    h = gradient_normalisation(g, centre_classes)
     scale = h[:, None] / sampling_counts(draw.choices, classes)
     scale = scale * draw.soft * (1 - draw.soft)
     out = []

@@ -135,11 +135,17 @@ class TEAPolicy(nn.Module):
     def sample(self, n: int, generator: Optional[torch.Generator] = None):
         return sample_categorical(self.logits, n, generator)
 
-    def top(self, z: int):
+    def top(self, z: int, allowed: Optional[torch.Tensor] = None):
         """The ``z`` most probable ops and their probabilities renormalised over those z
-        (what inference averages, paper III-F)."""
+        (what inference averages, paper III-F).  ``allowed`` (bool, one per op): choose among
+        these only (the ops the network can evaluate on its window); fewer than ``z`` allowed
+        gives them all."""
         if not 1 <= z <= len(TEA_OPS):
             raise ValueError(f"z must be in [1, {len(TEA_OPS)}], got {z}")
         p = self.probabilities()
+        if allowed is not None:
+            allowed = torch.as_tensor(allowed, dtype=torch.bool, device=p.device)
+            z = min(z, int(allowed.sum()))
+            p = torch.where(allowed, p, torch.full_like(p, -1.0))
         values, index = torch.topk(p, z)
         return index.tolist(), (values / values.sum()).tolist()

@@ -23,13 +23,11 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
+from .folder import BEST_CHECKPOINT as BEST, CHECKPOINT_DIR, LAST_CHECKPOINT as LAST
 from .status import fsync_dir, replace_with_retry
 
 FORMAT = "jcsaugment-checkpoint"
 VERSION = 1
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.pt"
-BEST = "best.pt"
 
 _NDARRAY_TAG = "__ndarray__"
 
@@ -124,12 +122,10 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> str:
 
 
 def save_run_checkpoint(run_dir: str, state: Dict[str, Any], best: bool = False) -> str:
-    """``checkpoints/last.pt`` always; also ``checkpoints/best.pt`` when ``best``.
-    Returns the path of last.pt."""
-    last = save_checkpoint(last_checkpoint_path(run_dir), state)
-    if best:
-        save_checkpoint(best_checkpoint_path(run_dir), state)
-    return last
+    """``checkpoints/last.pt`` always; also ``checkpoints/best.pt`` (written first) when
+    ``best``.  Returns the path of last.pt.  See :meth:`RunFolder.save_checkpoint`."""
+    from .folder import RunFolder
+    return RunFolder(run_dir).save_checkpoint(state, best=best)
 
 
 def _read_payload(path: str, map_location: Any) -> Dict[str, Any]:

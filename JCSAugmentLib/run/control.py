@@ -26,7 +26,7 @@ import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional
 
-from .status import atomic_write_json
+from .status import atomic_write_json, open_no_follow
 
 STOP_FILE = "stop"
 LOCK_FILE = "run.lock"
@@ -224,7 +224,7 @@ class RunLock:
         me = os.getpid()
         host = socket.gethostname()
         for _attempt in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 if not _os_lock(fd):
                     rec = read_lock(self.run_dir) or {}

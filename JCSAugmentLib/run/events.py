@@ -34,7 +34,12 @@ import os
 import threading
 import time
 import traceback
-from typing import Any, Dict, Iterable, List, Optional
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from dataclasses import fields as dataclass_fields
+from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional
+
+from .status import open_no_follow
 
 EVENTS_FILE = "events.jsonl"
 
@@ -135,7 +140,8 @@ class EventWriter:
         self._lock = threading.Lock()
         os.makedirs(run_dir, exist_ok=True)
         repaired = self._repair()
-        self._f = open(self.path, "ab", buffering=0)
+        self._f = os.fdopen(open_no_follow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+                            "ab", buffering=0)
         if repaired:
             self.warning(repaired)
 
@@ -143,7 +149,7 @@ class EventWriter:
         """Cut a half-written last line; set ``self.seq`` to the last seq written."""
         self.seq = 0
         try:
-            f = open(self.path, "r+b")
+            f = os.fdopen(open_no_follow(self.path, os.O_RDWR), "r+b")
         except FileNotFoundError:
             return None
         message = None
@@ -209,6 +215,17 @@ class EventWriter:
             if self.fsync:
                 os.fsync(self._f.fileno())
         return ev
+
+    def write(self, event: "Event") -> Dict[str, Any]:
+        """Write a typed event (its ``t`` and ``seq`` are the writer's); returns the line."""
+        fields = event.fields()
+        for name in ("path",):
+            if name in fields:
+                fields[name] = self._rel(fields[name])
+        for name in ("files", "outputs"):
+            if isinstance(fields.get(name), dict):
+                fields[name] = {k: self._rel(v) for k, v in fields[name].items()}
+        return self.emit(event.kind, **fields)
 
     def _rel(self, p: Any) -> Any:
         """Paths inside the run folder are written relative to it (posix separators)."""
@@ -296,17 +313,33 @@ class EventReader:
     left for a later poll; a file that shrank or was replaced (different inode, or different
     first bytes) is read again from the start (``restarts`` counts this); lines that are not JSON
     objects are skipped and counted in ``invalid_lines``.  ``bytes_read`` counts what was read
-    from disk.  A missing file is not an error (the worker has not started yet).
+    from disk; ``offset`` is how far the file has been read and ``file_size`` its size at the
+    last poll (together: how much of a backlog is left).  A missing file is not an error (the
+    worker has not started yet).
+
+    :meth:`poll_events` gives the same events typed; :meth:`poll_latest` catches up on a long
+    backlog fast, for a reader that needs only the latest event of some kinds.
     """
 
     _HEAD = 64
+    #: a backlog shorter than this is left to :meth:`poll` by :meth:`poll_latest` (the tolerant
+    #: path for the last, possibly half-written, line)
+    LATEST_MIN_BACKLOG = 256 * 1024
+    #: what :meth:`poll_latest` reads at once when not told
+    LATEST_BLOCK = 4 * 1024 * 1024
+    # EventWriter writes {"t":...,"kind":"...","seq":...}: the kind is in a line's first bytes
+    _KIND_WINDOW = 64
+    # how many lines poll_latest parses between two looks at the clock
+    _LINES_PER_CLOCK = 64
 
     def __init__(self, run_dir: str, filename: str = EVENTS_FILE):
         self.path = os.path.join(run_dir, filename)
         self.offset = 0  # start of the first line not yet returned
+        self.file_size = 0  # the file's size when it was last opened
         self.invalid_lines = 0
         self.restarts = 0
         self.bytes_read = 0
+        self.unknown_kinds = 0
         self._file_id: Optional[tuple] = None  # (st_ino, st_dev) of the file being read
         self._seen: Optional[tuple] = None  # stat key after a read that reached the end
         self._head = b""  # the first line (up to _HEAD bytes), to notice a rewritten file
@@ -317,19 +350,21 @@ class EventReader:
         self._head = b""
         self._seen = None
 
-    def poll(self, max_bytes: Optional[int] = None) -> List[Dict[str, Any]]:
-        """New complete events (possibly none).  ``max_bytes`` bounds one poll's read (the rest
-        comes on later polls; a single longer line is still read whole)."""
+    def _open_if_changed(self):
+        """``(file, stat key, size)`` when the file may hold something not yet read, else None
+        (missing, or unchanged since a read that reached its end: one ``os.stat``).  A file
+        that was replaced, truncated or rewritten since the last read is read again from the
+        start.  The caller closes the file."""
         try:
             st = os.stat(self.path)
         except OSError:
             if self.offset or self._head:
                 self._restart()
             self._file_id = self._seen = None
-            return []
+            return None
         key = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
         if key == self._seen:
-            return []  # nothing changed since a read that reached the end: no open, no read
+            return None  # nothing changed since a read that reached the end: no open, no read
         if self._file_id is not None and (st.st_ino, st.st_dev) != self._file_id and (
                 self.offset or self._head):
             self._restart()  # replaced by another file (rotated, new run)
@@ -337,16 +372,56 @@ class EventReader:
         try:
             f = _open(self.path, "rb")
         except FileNotFoundError:
-            return []
-        with f:
+            return None
+        try:
             if self._head and self.offset:
                 head = f.read(len(self._head))
                 self.bytes_read += len(head)
                 if head != self._head:  # truncated and rewritten since the last poll
                     self._restart()
             size = f.seek(0, os.SEEK_END)
-            if size < self.offset:  # truncated
-                self._restart()
+        except BaseException:
+            f.close()
+            raise
+        if size < self.offset:  # truncated
+            self._restart()
+        self.file_size = size
+        return f, key, size
+
+    def _parse_line(self, line: bytes) -> Optional[Dict[str, Any]]:
+        """One line as a dict; None for a blank line or (counted in ``invalid_lines``) one that
+        is not a JSON object."""
+        line = line.strip()
+        if not line:
+            return None
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            self.invalid_lines += 1
+            return None
+        if not isinstance(ev, dict):
+            self.invalid_lines += 1
+            return None
+        return ev
+
+    def _typed(self, d: Optional[Dict[str, Any]]) -> Optional["Event"]:
+        """:func:`parse_event` of a parsed line; a kind this version does not know (a newer
+        JCSAugment) is counted in ``unknown_kinds``."""
+        if d is None:
+            return None
+        ev = parse_event(d)
+        if ev is None:
+            self.unknown_kinds += 1
+        return ev
+
+    def poll(self, max_bytes: Optional[int] = None) -> List[Dict[str, Any]]:
+        """New complete events (possibly none).  ``max_bytes`` bounds one poll's read (the rest
+        comes on later polls; a single longer line is still read whole)."""
+        opened = self._open_if_changed()
+        if opened is None:
+            return []
+        f, key, size = opened
+        with f:
             start = self.offset
             f.seek(start)
             want = size - start
@@ -369,26 +444,252 @@ class EventReader:
             if start == 0:
                 self._head = data[:min(self._HEAD, end + 1)]
             for line in data[:end].split(b"\n"):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    self.invalid_lines += 1
-                    continue
-                if not isinstance(ev, dict):
-                    self.invalid_lines += 1
-                    continue
-                out.append(ev)
+                ev = self._parse_line(line)
+                if ev is not None:
+                    out.append(ev)
             self.offset = start + end + 1
         # remember the stat only when this read reached the end of the file, so the next poll
         # with an unchanged file returns at once (a half-written tail is re-read only once it
         # changes)
-        self._seen = key if start + len(data) >= size and size == st.st_size else None
+        self._seen = key if start + len(data) >= size and size == key[2] else None
         return out
+
+    def poll_events(self, max_bytes: Optional[int] = None) -> List["Event"]:
+        """:meth:`poll`, parsed into typed events (:func:`parse_event`); lines of an unknown
+        kind (a newer JCSAugment) are skipped and counted in ``unknown_kinds``."""
+        out: List[Event] = []
+        for d in self.poll(max_bytes):
+            ev = self._typed(d)
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    def poll_latest(self, thin_kinds: Iterable[str] = ("policy", "preview"),
+                    budget_s: Optional[float] = None,
+                    block_bytes: Optional[int] = None) -> Iterator["Event"]:
+        """Catch up on a long backlog fast: yields the typed events of the complete lines read,
+        in file order, except that of each kind in ``thin_kinds`` only the latest line among
+        those read together is parsed (a view that shows only the latest policy and preview
+        need not parse the thousands before them, which is most of the cost of a long log).
+
+        Reads blocks of ``block_bytes`` (default :data:`LATEST_BLOCK`) while at least
+        :data:`LATEST_MIN_BACKLOG` bytes are left and ``budget_s`` seconds (None: no limit)
+        have not passed, counting the time the caller spends on each event; yields nothing
+        for a shorter backlog, which :meth:`poll_events` then reads (with its half-written
+        last line).  When the budget runs out inside a block, the latest line of each thinned
+        kind passed over so far comes last, so the caller has the latest it has read past.
+
+        A generator, so that each event can be used and dropped before the next is made (a
+        long log does not pile up objects for the garbage collector): ``offset`` follows the
+        lines as they are yielded, and a caller that stops early loses nothing but the thinned
+        lines before its stop."""
+        t0 = time.perf_counter()
+        # the writer's compact form; a line spelled otherwise is simply parsed
+        markers = {f'"kind":"{k}","seq":'.encode(): k for k in thin_kinds}
+        opened = self._open_if_changed()
+        if opened is None:
+            return
+        f, key, size = opened
+        with f:
+            while size - self.offset >= self.LATEST_MIN_BACKLOG:
+                start = self.offset
+                f.seek(start)
+                data = f.read(block_bytes or self.LATEST_BLOCK)
+                self.bytes_read += len(data)
+                end = data.rfind(b"\n")
+                if end < 0:
+                    break  # one line longer than a block: poll reads it whole
+                if start == 0:
+                    self._head = data[:min(self._HEAD, data.find(b"\n") + 1)]
+                lines = data[:end].split(b"\n")
+                kinds = [next((k for m, k in markers.items()
+                               if line.find(m, 0, self._KIND_WINDOW) >= 0), None)
+                         for line in lines]
+                last = {k: i for i, k in enumerate(kinds) if k is not None}
+                passed_over: Dict[str, bytes] = {}  # kind -> latest line skipped so far
+                pos = start
+                out_of_time = False
+                for i, (line, kind) in enumerate(zip(lines, kinds)):
+                    pos += len(line) + 1
+                    self.offset = pos
+                    if kind is not None and last[kind] != i:
+                        passed_over[kind] = line
+                    else:
+                        ev = self._typed(self._parse_line(line))
+                        if kind is not None:
+                            passed_over.pop(kind, None)
+                        if ev is not None:
+                            yield ev
+                    if budget_s is not None and (i + 1) % self._LINES_PER_CLOCK == 0 and \
+                            time.perf_counter() - t0 >= budget_s:
+                        out_of_time = True
+                        break
+                if out_of_time:  # (nothing was passed over when the block was read to its end)
+                    for line in passed_over.values():
+                        ev = self._typed(self._parse_line(line))
+                        if ev is not None:
+                            yield ev
+                    return
+        self._seen = key if self.offset >= size else None
 
 
 def read_events(run_dir: str) -> List[Dict[str, Any]]:
-    """All complete events in ``run_dir/events.jsonl`` (skipping damaged lines)."""
+    """All complete events in ``run_dir/events.jsonl`` as plain dicts (skipping damaged
+    lines); :meth:`RunFolder.read_events` gives them typed."""
     return EventReader(run_dir).poll()
+
+
+# ----------------------------------------------------------------------------- typed events
+#
+# One dataclass per kind: what the worker writes and every reader gets back.  Parsing is
+# tolerant: a field of the wrong type reads as its default (an older or damaged line still
+# shows what it can); fields this version does not know are kept in ``extra``.
+
+
+def _num(v: Any) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _int(v: Any) -> Optional[int]:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and math.isfinite(v) and v == int(v):
+        return int(v)
+    return None
+
+
+def _dict(v: Any) -> Dict[str, Any]:
+    return dict(v) if isinstance(v, dict) else {}
+
+
+def _str(v: Any, default: str = "") -> str:
+    return v if isinstance(v, str) else default
+
+
+@dataclass(frozen=True)
+class Event:
+    """Fields every event has: unix time ``t``, ``seq`` (1, 2, ... across resumes), and the
+    fields this version does not know (``extra``)."""
+    t: Optional[float] = None
+    seq: Optional[int] = None
+    extra: Dict[str, Any] = dataclass_field(default_factory=dict, compare=False)
+
+    kind: ClassVar[str] = ""
+
+    def fields(self) -> Dict[str, Any]:
+        """The kind's own fields (what :meth:`EventWriter.write` puts on the line)."""
+        out = {f.name: getattr(self, f.name) for f in dataclass_fields(self)
+               if f.name not in ("t", "seq", "extra")}
+        out.update(self.extra)
+        return out
+
+
+@dataclass(frozen=True)
+class Started(Event):
+    job: Dict[str, Any] = dataclass_field(default_factory=dict)
+    info: Dict[str, Any] = dataclass_field(default_factory=dict)
+    pid: Optional[int] = None
+    kind: ClassVar[str] = "started"
+
+    @property
+    def resumed_from(self) -> Optional[int]:
+        return _int(self.info.get("resumed_from"))
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    epoch: Optional[int] = None
+    iteration: Optional[int] = None
+    of: Optional[int] = None
+    losses: Dict[str, Optional[float]] = dataclass_field(default_factory=dict)
+    speed: Optional[float] = None  # iterations per second
+    eta: Optional[float] = None  # seconds left
+    kind: ClassVar[str] = "progress"
+
+
+@dataclass(frozen=True)
+class Validation(Event):
+    epoch: Optional[int] = None
+    metrics: Dict[str, Any] = dataclass_field(default_factory=dict)
+    kind: ClassVar[str] = "validation"
+
+
+@dataclass(frozen=True)
+class PolicyUpdate(Event):
+    iteration: Optional[int] = None
+    tra: Dict[str, Any] = dataclass_field(default_factory=dict)  # class -> probabilities
+    tea: Optional[List[float]] = None
+    kind: ClassVar[str] = "policy"
+
+
+@dataclass(frozen=True)
+class PreviewWritten(Event):
+    iteration: Optional[int] = None
+    files: Dict[str, str] = dataclass_field(default_factory=dict)  # relative to the run folder
+    kind: ClassVar[str] = "preview"
+
+
+@dataclass(frozen=True)
+class CheckpointWritten(Event):
+    iteration: Optional[int] = None
+    path: Optional[str] = None  # relative to the run folder
+    best: bool = False
+    kind: ClassVar[str] = "checkpoint"
+
+
+@dataclass(frozen=True)
+class WarningEvent(Event):
+    message: str = ""
+    kind: ClassVar[str] = "warning"
+
+
+@dataclass(frozen=True)
+class ErrorEvent(Event):
+    message: str = ""
+    traceback: Optional[str] = None
+    kind: ClassVar[str] = "error"
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    reason: str = ""
+    outputs: Dict[str, Any] = dataclass_field(default_factory=dict)
+    summary: Dict[str, Any] = dataclass_field(default_factory=dict)
+    kind: ClassVar[str] = "finished"
+
+
+EVENT_TYPES = {cls.kind: cls for cls in (Started, Progress, Validation, PolicyUpdate,
+                                         PreviewWritten, CheckpointWritten, WarningEvent,
+                                         ErrorEvent, Finished)}
+assert tuple(EVENT_TYPES) == KINDS
+
+# how each field of a kind is read from a line (anything else gives the field's default)
+_READERS = {
+    "job": _dict, "info": _dict, "pid": _int, "epoch": _int, "iteration": _int, "of": _int,
+    "losses": lambda v: {str(k): _num(x) for k, x in v.items()} if isinstance(v, dict) else {},
+    "speed": _num, "eta": _num, "metrics": _dict, "tra": _dict,
+    "tea": lambda v: [_num(x) for x in v] if isinstance(v, list) else None,
+    "files": lambda v: ({str(k): x for k, x in v.items() if isinstance(x, str)}
+                        if isinstance(v, dict) else
+                        ({"png": v} if isinstance(v, str) else {})),
+    "path": lambda v: v if isinstance(v, str) else None, "best": lambda v: v is True,
+    "message": lambda v: "" if v is None else str(v),
+    "traceback": lambda v: v if isinstance(v, str) else None,
+    "reason": _str, "outputs": _dict, "summary": _dict,
+}
+
+
+def parse_event(d: Any) -> Optional[Event]:
+    """The typed event of one parsed line, or None for a line that is not an event this
+    version knows (not an object, or an unknown ``kind``)."""
+    if not isinstance(d, dict):
+        return None
+    cls = EVENT_TYPES.get(d.get("kind"))
+    if cls is None:
+        return None
+    names = {f.name for f in dataclass_fields(cls)} - {"t", "seq", "extra"}
+    kwargs = {name: _READERS[name](d[name]) for name in names if name in d}
+    extra = {k: v for k, v in d.items() if k not in names and k not in _RESERVED}
+    return cls(t=_num(d.get("t")), seq=_int(d.get("seq")), extra=extra, **kwargs)

@@ -49,18 +49,18 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .modes import MODE_TABLE
 from .status import atomic_write_text
 
 JOB_FILE = "job.json"
 SCHEMA = 1
 
 BACKBONES = ("unet3d", "deepmedic")
-MODES = ("none", "heuristic", "randaugment-s", "randaugment-m", "randaugment-l", "learned",
-         "class-specific", "joint", "tea-only")
+MODES = tuple(MODE_TABLE)
 #: modes whose policies are learned against validation data (they need a validation split)
-POLICY_MODES = ("learned", "class-specific", "joint", "tea-only")
+POLICY_MODES = tuple(m for m, spec in MODE_TABLE.items() if spec.learns_policy)
 #: modes that learn the TEA policy
-TEA_MODES = ("joint", "tea-only")
+TEA_MODES = tuple(m for m, spec in MODE_TABLE.items() if spec.learn_tea)
 INITS = ("nnunet", "deepmedic")
 META_GRADS = ("exact", "finite-difference")
 VAL_LOSSES = ("ce", "dice", "ce+dice")
@@ -70,6 +70,8 @@ VAL_LOSSES = ("ce", "dice", "ce+dice")
 OPTIMIZERS = ("sgd", "adam")
 NORMALISATIONS = ("auto", "zscore", "ct", "none")
 TEA_INFERENCE = ("auto", "none", "heuristic", "learned")
+#: TEA choices a user makes at prediction time (the job's "auto" resolves to one of them)
+TEA_CHOICES = ("learned", "heuristic", "none")
 SPLITS = ("train", "validation", "test")
 
 # model.patch_size is the patch the loss is computed on (the network's output): the U-Net's
@@ -82,7 +84,8 @@ DEFAULT_TEA_LR = {"joint": 5e-5, "tea-only": 5e-3}
 DEFAULT_TEA_LR_OTHER = 5e-5
 DEFAULT_TEA_TOP_Z = {"unet3d": 8, "deepmedic": 4}
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+#: what a device setting may say (the job's, the panel's and the command line's)
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 class JobError(ValueError):
@@ -265,7 +268,7 @@ class _Device(_Check):
     expected = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
     def check(self, path, v):
-        if not isinstance(v, str) or not _DEVICE_RE.match(v.strip().lower()):
+        if not isinstance(v, str) or not DEVICE_PATTERN.match(v.strip().lower()):
             raise JobError(path, f"unknown device {_show(v)}; use {self.expected}")
         return v.strip().lower()
 
@@ -440,9 +443,12 @@ class Job:
         """Validate a parsed ``job.json`` and build the Job (raises :class:`JobError`)."""
         if not isinstance(d, dict):
             raise JobError(None, f"expected a JSON object at the top level, got {_show(d)}")
+        # the schema decides whether this version can read the folder at all: these messages
+        # are what a command and the panel say about a folder from another version
         if "schema" not in d:
-            raise JobError("schema", f"missing; this JCSAugment reads job.json schema {SCHEMA} "
-                                     f"(add \"schema\": {SCHEMA})")
+            raise JobError("schema", f"missing: no schema, so another program or an early "
+                                     f"version wrote it; this JCSAugment reads job.json schema "
+                                     f"{SCHEMA} (add \"schema\": {SCHEMA}), or start a new run")
         schema = d["schema"]
         if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
             raise JobError("schema", f"expected a positive integer schema version, got "
@@ -450,7 +456,8 @@ class Job:
         if schema > SCHEMA:
             raise JobError("schema", f"schema {schema} is newer than this JCSAugment",
                            message=f"job.json schema {schema} is newer than this JCSAugment "
-                                   f"(reads {SCHEMA}); update JCSAugment to run this job")
+                                   f"(reads {SCHEMA}): a newer JCSAugment made this run folder; "
+                                   f"update JCSAugment to open it, or start a new run")
         job = _build(cls, d, "")
         job._validate("")
         return job

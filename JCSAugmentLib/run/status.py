@@ -105,6 +105,31 @@ def atomic_write_stream(path: str, write: Callable[[IO], Any], mode: str = "wb")
     fsync_dir(folder)
 
 
+class SymlinkRefused(OSError):
+    """A run-folder entry is a symbolic link: the worker never writes through one (it could
+    point anywhere outside the run folder)."""
+
+
+def open_no_follow(path: str, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` (``O_NOFOLLOW`` where the OS has
+    it, a check before opening elsewhere); raises :class:`SymlinkRefused` naming the file."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    if not nofollow and os.path.islink(path):  # pragma: no cover - Windows
+        raise SymlinkRefused(errno.ELOOP, _symlink_message(path))
+    try:
+        return os.open(path, flags | nofollow | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP or (os.path.islink(path) and e.errno in (errno.EMLINK,
+                                                                           errno.ENOTDIR)):
+            raise SymlinkRefused(errno.ELOOP, _symlink_message(path)) from None
+        raise
+
+
+def _symlink_message(path: str) -> str:
+    return (f"{path} is a symbolic link; JCSAugment does not write through links in a run "
+            f"folder (it could point outside it): remove the link")
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write_stream`)."""
     atomic_write_stream(path, lambda f: f.write(data))

@@ -6,13 +6,19 @@ One iteration:
 1. Draw n training patches (foreground / background centres by ``fg_fraction``), their TRA ops
    from the policy of each patch's class, augment them (``augment_patches``).
 2. When the mode learns TRA and ``iteration % policy_every == 0``: draw m validation patches (in
-   joint mode each one TEA-transformed by an op drawn from p_V, its prediction inverted), compute
-   ``dL_val/dw_i`` for every training patch (``meta_gradient``: exact JVP or finite
-   differences), normalise (Eq. 10, 11), step the TRA logits with Adam.
-3. Model step with the training gradient of step 2 (or of a plain forward/backward), SGD with
+   joint mode each one TEA-transformed by an op drawn from p_V among the ops the network can
+   take, its prediction inverted, padded voxels left out of L_val), compute ``dL_val/dw_i`` for
+   every training patch (``meta_gradient``: exact JVP or finite differences), normalise (Eq. 10
+   by the patch's centre class, Eq. 11 within the policy), step the TRA logits with Adam.
+3. When the mode learns TEA (and on the same schedule): the TEA step at the current theta on one
+   foreground-centred validation patch with Z copies (``tea_meta_gradient``; copies under ops
+   the network cannot take are left out), Adam on the TEA logits.
+4. Model step with the training gradient of step 2 (or of a plain forward/backward), SGD with
    Nesterov momentum, weight decay, gradient clipping, poly learning rate.
-4. When the mode learns TEA (and on the same schedule): the TEA step on one foreground
-   validation patch with Z copies (``tea_meta_gradient``), Adam on the TEA logits.
+
+All randomness comes from the run's seed: patch centres from ``rng`` (numpy), policy draws,
+augmentation parameters and TEA noise from ``gen`` (torch, CPU; noise on another device from a
+generator seeded by one draw of it).
 
 The trainer knows nothing of the run folder's files except through the callbacks a worker
 passes (``on_event``); it is also usable from Python directly.
@@ -21,7 +27,6 @@ passes (``on_event``); it is also usable from Python directly.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -29,20 +34,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..augment import TEA_OPS, augment_patches, sample_tra_params
+from ..augment import augment_patches, sample_tra_params
 from ..augment.stats import CaseStats
 from ..augment.tea import tea_invert, tea_transform
 from ..augment.tra import identity_params
 from ..data import (PatchSampler, PreprocessSettings, dataset_from_list, discover_dataset,
                     load_splits, make_splits, preprocess_dataset)
+from ..data.preprocess import cached_ct_statistics
 from ..meta import meta_gradient
-from ..meta.tea_step import tea_meta_gradient
+from ..meta.tea_step import (draw_seed, evaluable_tea_ops, group_by_shape, noise_generator,
+                             tea_meta_gradient)
 from ..nets.factory import build_network
-from ..nets.losses import batch_soft_dice_loss, per_sample_soft_dice
+from ..nets.losses import batch_soft_dice_loss, full_resolution, per_sample_soft_dice
 from ..policy import (assign_gradients, make_tea_policy, make_tra_policy, tea_logit_gradient,
                       tra_logit_gradients)
+from ..policy.categorical import CategoricalDraw, sample_categorical
 from ..run.checkpoint import load_checkpoint, pack_rng_states, unpack_rng_states
-from ..run.job import Job
+from ..run.folder import RunFolder
+from ..run.job import Job, resolve_path
 from .distributed import DistContext, rank_device
 from .modes import mode_spec
 
@@ -53,7 +62,7 @@ def dataset_and_splits(job: Job, base_dir: str):
     """The job's dataset (a folder, or the listed cases with paths relative to ``base_dir``)
     and its train / validation / test split (given, or drawn from the split seed)."""
     def resolve(p):
-        return p if p is None or os.path.isabs(p) else os.path.join(base_dir, p)
+        return None if p is None else resolve_path(base_dir, p)
 
     d = job.data
     if d.dataset is not None:
@@ -98,6 +107,15 @@ class IterationResult:
     policy_updated: bool
 
 
+@dataclass
+class MappedBack:
+    """Validation logits predicted under TEA ops and mapped back onto the patch grid; ``valid``
+    (B, 1, ...) is False where an inverse affine had only padding to offer."""
+
+    logits: torch.Tensor
+    valid: torch.Tensor
+
+
 class Trainer:
     """Owns everything a run needs. ``base_dir``: folder that relative paths of the job are
     resolved against (the run folder). ``cache_dir``: where preprocessed cases are cached."""
@@ -112,7 +130,7 @@ class Trainer:
         if per_rank_device:
             self.job.device = per_rank_device
         self.base_dir = base_dir
-        self.cache_dir = cache_dir or os.path.join(base_dir, "cache")
+        self.cache_dir = cache_dir or RunFolder(base_dir).cache_dir
         self.on_event = on_event or (lambda kind, **kw: None)
         self.progress = progress or (lambda stage, done, total: None)
         self.mode = mode_spec(self.job.training.mode)
@@ -131,7 +149,7 @@ class Trainer:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _resolve(self, p):
-        return p if p is None or os.path.isabs(p) else os.path.join(self.base_dir, p)
+        return None if p is None else resolve_path(self.base_dir, p)
 
     def _prepare_data(self):
         d = self.job.data
@@ -149,23 +167,29 @@ class Trainer:
         self.train_cases = preprocess_dataset(train_specs, settings, self.cache_dir,
                                               report("preprocessing training cases"),
                                               modality=dataset.modality)
-        ct_stats = None
-        ct_file = os.path.join(self.cache_dir, "ct_statistics.json")
-        if os.path.exists(ct_file):
-            import json
-            with open(ct_file, encoding="utf-8") as f:
-                ct_stats = json.load(f)
-        self.ct_stats = ct_stats
+        self.ct_stats = self._training_ct_statistics()
         self.val_cases = preprocess_dataset(dataset.subset(splits["validation"]), settings,
                                             self.cache_dir,
                                             report("preprocessing validation cases"),
                                             modality=dataset.modality,
-                                            ct_dataset_stats=ct_stats)
+                                            ct_dataset_stats=self.ct_stats)
         labels = set()
         for c in self.train_cases + self.val_cases:
             labels.update(np.unique(c.label).tolist())
         self.num_classes = int(max(max(labels), max(dataset.labels.values(), default=0))) + 1
         self.in_channels = self.train_cases[0].image.shape[0]
+
+    def _training_ct_statistics(self) -> Optional[Dict]:
+        """The training cases' CT statistics (``lo``, ``hi``, ``mean``, ``std`` per channel)
+        when a channel is CT-normalised, else None. Preprocessing the training cases has just
+        computed or checked them; the cache keeps them as ``{"key": ..., "stats": ...}``, and
+        the validation cases and inference need the ``stats``."""
+        modes = self.settings.channel_modes(self.train_cases[0].num_channels,
+                                            self.dataset.modality)
+        if "ct" not in modes:
+            return None
+        return cached_ct_statistics(self.dataset.subset(self.splits["train"]), self.settings,
+                                    self.cache_dir)
 
     def _build(self):
         j, t = self.job, self.job.training
@@ -182,6 +206,10 @@ class Trainer:
             spacing=self.train_cases[0].spacing, **overrides)
         self.model.to(self.device)
         self.dist.broadcast_module(self.model)
+        # TEA ops whose transformed patch the network can predict and map back (quarter turns
+        # of a non-square plane change the patch's shape)
+        self.tea_evaluable = evaluable_tea_ops(self.model, self.info.input_size,
+                                               self.info.output_size)
         if self.dist.active and len(self.train_cases) >= self.dist.world:
             # shard the training cases by rank (each rank still draws from all classes)
             self.train_cases = self.train_cases[self.dist.rank::self.dist.world]
@@ -222,22 +250,26 @@ class Trainer:
         self._selection = self.val_sampler.sample(n_sel, sel_rng)
 
     # -- batches --------------------------------------------------------------------------------
-    def _patch_classes(self, draw) -> torch.Tensor:
+    def _policy_classes(self, draw) -> torch.Tensor:
+        """Which TRA policy augments each patch: its centre class, or 0 when one policy serves
+        every class."""
         if self.mode.tra_classes == 1:
             return torch.zeros_like(draw.patch_class)
         return draw.patch_class
 
     def training_batch(self, n: int, keep_graph: bool):
+        """Augmented patches ``x``, labels ``y``, their TRA draw, the policy each drew from and
+        the class of each patch's centre voxel (what Eq. 10 normalises within)."""
         draw = self.train_sampler.sample(n, self.rng)
-        classes = self._patch_classes(draw)
+        policy_classes = self._policy_classes(draw)
         with torch.set_grad_enabled(keep_graph):
-            tra_draw = self.tra.sample(classes, self.gen)
+            tra_draw = self.tra.sample(policy_classes, self.gen)
         params = sample_tra_params(tra_draw.choices, self.gen)
         s = self.train_sampler
         x, y = augment_patches(s.images(draw.case_index), s.labels(draw.case_index),
                                draw.centres, params, s.stats(draw.case_index),
                                self.info.input_size)
-        return x, y.long(), tra_draw, classes, params
+        return x, y.long(), tra_draw, policy_classes, draw.patch_class
 
     def validation_batch(self, m: int, draw=None):
         draw = draw if draw is not None else self.val_sampler.sample(m, self.rng)
@@ -249,37 +281,43 @@ class Trainer:
 
     # -- losses ---------------------------------------------------------------------------------
     def _val_loss(self, out, y):
-        logits = out[0] if isinstance(out, (tuple, list)) else out
+        """L_val (CE, batch soft Dice or both) on the full-resolution logits; on TEA predictions
+        mapped back (joint mode) only over the voxels the inverses could fill."""
+        if isinstance(out, MappedBack):
+            logits, valid = out.logits, out.valid
+        else:
+            logits, valid = self._full(out), None
         target = self.info.crop_target(y)
         kind = self.job.training.val_loss
         loss = 0.0
         if "ce" in kind:
-            loss = loss + F.cross_entropy(logits, target[:, 0])
+            loss = loss + masked_cross_entropy(logits, target[:, 0], valid)
         if "dice" in kind:
-            loss = loss + batch_soft_dice_loss(logits, target)
+            loss = loss + masked_batch_soft_dice_loss(logits, target, valid)
         return loss
 
-    def _shape_kept(self, op: int) -> bool:
-        o = TEA_OPS[op]
-        if o.op != "rot90" or abs(o.magnitude) == 2:
-            return True
-        p = self.info.input_size
-        b, c = [(o.axis + 1) % 3, (o.axis + 2) % 3]
-        return p[b] == p[c]
-
     def _tea_val_forward(self, stats: CaseStats):
-        """Joint mode: each validation patch predicted under a TEA op drawn from p_V, the
-        prediction mapped back (quarter turns that would change a non-cubic patch's shape are
-        replaced by identity)."""
+        """Joint mode: each validation patch predicted under a TEA op drawn from p_V restricted
+        to the ops the network can take (p_V conditioned on them, not a stand-in identity), the
+        prediction mapped back with its valid voxels. Ops and the noise seed are drawn here,
+        once, so the returned forward is a fixed function of the parameters it is given."""
+        n = stats.mean.shape[0]
+        takeable = self.tea.logits.detach().masked_fill(~self.tea_evaluable, -math.inf)
+        ops = sample_categorical(takeable, n, self.gen).index.tolist()
+        noise_seed = draw_seed(self.gen)
+        rows = [stats.select(torch.tensor([j], device=stats.mean.device)) for j in range(n)]
+
         def forward(f, x):
-            with torch.no_grad():
-                drawn = self.tea.sample(x.shape[0], self.gen).index.tolist()
-            chosen = [op if self._shape_kept(op) else 0 for op in drawn]
-            xt = torch.cat([tea_transform(x[j:j + 1], op, stats=stats.select(torch.tensor([j])),
-                                          generator=None) for j, op in enumerate(chosen)])
-            out = f(xt)
-            logits = out[0] if isinstance(out, (tuple, list)) else out
-            return torch.cat([tea_invert(logits[j:j + 1], op) for j, op in enumerate(chosen)])
+            noise = noise_generator(x.device, noise_seed)
+            transformed = [tea_transform(x[j:j + 1], op, stats=rows[j], generator=noise)
+                           for j, op in enumerate(ops)]
+            logits, valid = [None] * n, [None] * n
+            for js in group_by_shape(transformed).values():
+                out = self._full(f(torch.cat([transformed[j] for j in js])))
+                for k, j in enumerate(js):
+                    logits[j], padded = tea_invert(out[k:k + 1], ops[j], return_mask=True)
+                    valid[j] = ~padded
+            return MappedBack(torch.cat(logits), torch.cat(valid))
         return forward
 
     # -- one iteration --------------------------------------------------------------------------
@@ -304,67 +342,90 @@ class Trainer:
         losses: Dict[str, float] = {}
         updated = False
         self.model.train()
+        grads = None
         if self.mode.train_model:
-            learn = self.mode.learn_tra and policy_turn
-            x, y, tra_draw, classes, _params = self.training_batch(t.batch_size, keep_graph=learn)
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            if learn:
-                xv, yv, vstats = self.validation_batch(t.val_batch_size)
-                val_forward = self._tea_val_forward(vstats) if self.mode.learn_tea else None
-                step = meta_gradient(self.model, self.info.per_sample_loss, self._val_loss, x, y,
-                                     xv, yv, alpha=lr, method=t.meta_grad,
-                                     val_forward=val_forward,
-                                     reduce=self.dist.all_reduce_mean if self.dist.active
-                                     else None, world=self.dist.world)
-                grads = step.grads
-                losses["train"] = float(step.train_losses.mean())
-                losses["val"] = step.val_loss
-                pg = tra_logit_gradients(self.tra, tra_draw, step.g, classes, normalise=True)
-                assign_gradients(self.tra.parameters(), self.dist.all_reduce_mean(pg))
-                self.tra_opt.step()
+            if self.mode.learn_tra and policy_turn:
+                grads = self._tra_step(lr, losses)
                 updated = True
             else:
-                loss = self.info.per_sample_loss(self.model(x), y).mean()
-                grads = self.dist.all_reduce_mean(list(torch.autograd.grad(loss, params)))
-                losses["train"] = float(loss.detach())
-            for p, gr in zip(params, grads):
-                p.grad = gr.detach().clone()
-            if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+                grads = self._training_gradient(losses)
         if self.mode.learn_tea and policy_turn:
+            # at the current theta: the model step below comes after (method.md section 4)
             losses["tea"] = self._tea_step()
             updated = True
+        if grads is not None:
+            self._model_step(grads)
         if updated:
             self.policy_updates += 1
         self.iteration += 1
         return IterationResult(self.iteration, losses, updated)
 
-    def _tea_step(self) -> float:
+    def _trainable(self) -> List[torch.Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _tra_step(self, lr: float, losses: Dict[str, float]) -> List[torch.Tensor]:
+        """Meta-gradients of the TRA weights, the TRA policy step; returns the training
+        gradient for the model step."""
         t = self.job.training
-        draw = self.val_sampler.sample(1, self.rng)
-        if int(draw.patch_class[0]) == 0:  # the TEA step uses a foreground patch
-            draw = self.val_sampler.sample(1, self.rng)
-        x, y, stats = self.validation_batch(1, draw)
-        tea_draw = self.tea.sample(t.tea_copies, self.gen)
-        ops = [op if self._shape_kept(op) else 0 for op in tea_draw.index.tolist()]
+        x, y, tra_draw, policy_classes, centre_classes = self.training_batch(t.batch_size,
+                                                                             keep_graph=True)
+        xv, yv, vstats = self.validation_batch(t.val_batch_size)
+        val_forward = self._tea_val_forward(vstats) if self.mode.learn_tea else None
+        step = meta_gradient(self.model, self.info.per_sample_loss, self._val_loss, x, y,
+                             xv, yv, alpha=lr, method=t.meta_grad, val_forward=val_forward,
+                             reduce=self.dist.all_reduce_mean if self.dist.active else None,
+                             world=self.dist.world)
+        losses["train"] = float(step.train_losses.mean())
+        losses["val"] = step.val_loss
+        pg = tra_logit_gradients(self.tra, tra_draw, step.g, policy_classes, normalise=True,
+                                 centre_classes=centre_classes)
+        assign_gradients(self.tra.parameters(), self.dist.all_reduce_mean(pg))
+        self.tra_opt.step()
+        return step.grads
+
+    def _training_gradient(self, losses: Dict[str, float]) -> List[torch.Tensor]:
+        """The plain training gradient (no policy step this iteration)."""
+        x, y, *_ = self.training_batch(self.job.training.batch_size, keep_graph=False)
+        loss = self.info.per_sample_loss(self.model(x), y).mean()
+        losses["train"] = float(loss.detach())
+        return self.dist.all_reduce_mean(list(torch.autograd.grad(loss, self._trainable())))
+
+    def _model_step(self, grads: List[torch.Tensor]) -> None:
+        params = self._trainable()
+        for p, gr in zip(params, grads):
+            p.grad = gr.detach().clone()
+        if self.job.training.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.job.training.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _tea_step(self) -> float:
+        """The TEA step (method.md section 4) on one foreground-centred validation patch. Copies
+        under ops the network cannot take are left out of the loss, of the gradient and of the
+        Eq. 15 counts: predicting a stand-in would credit the drawn op with another op's
+        result."""
+        t = self.job.training
+        x, y, stats = self.validation_batch(1, self.val_sampler.sample_foreground(1, self.rng))
+        drawn = self.tea.sample(t.tea_copies, self.gen)
+        taken = self.tea_evaluable[drawn.index]
+        evaluated = CategoricalDraw(drawn.index[taken], drawn.weight[taken], drawn.soft[taken])
+        noise = noise_generator(x.device, draw_seed(self.gen))
         self.model.eval()
         try:
-            res = tea_meta_gradient(lambda b: self._full(self.model(b)), x, y, ops,
-                                    per_sample_soft_dice_loss, stats=stats,
-                                    generator=None, target_for=lambda lg, yy:
+            res = tea_meta_gradient(lambda b: self._full(self.model(b)), x, y,
+                                    evaluated.index.tolist(), per_sample_soft_dice_loss,
+                                    stats=stats, generator=noise, target_for=lambda lg, yy:
                                     self.info.crop_target(yy))
         finally:
             self.model.train()
-        grad = tea_logit_gradient(self.tea, tea_draw, res.g, normalise=True)
+        # every rank steps, even one whose copies were all left out (a zero gradient), so the
+        # collective below is entered by all of them
+        grad = tea_logit_gradient(self.tea, evaluated, res.g, normalise=True)
         assign_gradients([self.tea.logits], self.dist.all_reduce_mean([grad]))
         self.tea_opt.step()
         return res.loss
 
-    @staticmethod
-    def _full(out):
-        return out[0] if isinstance(out, (tuple, list)) else out
+    _full = staticmethod(full_resolution)
 
     # -- model selection ------------------------------------------------------------------------
     def validate(self) -> Dict[str, float]:
@@ -441,6 +502,32 @@ class Trainer:
         tra = {name: [p.tolist() for p in pol.probabilities()]
                for name, pol in zip(self.tra.class_names, self.tra.policies)}
         return {"tra": tra, "tea": self.tea.probabilities().tolist()}
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cross entropy averaged over the voxels where ``valid`` (B, 1, ...) holds (all without)."""
+    if valid is None:
+        return F.cross_entropy(logits, labels)
+    weight = valid[:, 0].to(logits.dtype)
+    per_voxel = F.cross_entropy(logits, labels, reduction="none")
+    return (per_voxel * weight).sum() / weight.sum().clamp_min(1)
+
+
+def masked_batch_soft_dice_loss(logits: torch.Tensor, target: torch.Tensor,
+                                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """1 - batch soft Dice over the foreground classes, voxels outside ``valid`` left out. The
+    batch Dice sums over samples and voxels alike, so it is the per-sample Dice of one sample
+    that holds the whole batch (stacked along the first spatial axis)."""
+    if valid is None:
+        return batch_soft_dice_loss(logits, target)
+
+    def as_one_sample(t):
+        return t.transpose(0, 1).reshape(1, t.shape[1], -1, *t.shape[3:])
+
+    probs = torch.softmax(logits, 1)
+    return 1 - per_sample_soft_dice(as_one_sample(probs), as_one_sample(target),
+                                    mask=as_one_sample(valid))[0]
 
 
 def per_sample_soft_dice_loss(probs, target, valid):

@@ -1,16 +1,21 @@
 """The training worker: runs a job in a run folder and reports through the run-folder protocol.
 
-``run_worker(run_dir)`` is what ``jcsaugment train RUN_DIR`` and the Slicer panel's background
-process run. It reads ``job.json``, takes the folder's lock, streams ``events.jsonl``, keeps
-``status.json`` current, writes ``policy.json`` after every policy update, previews every
-``preview_every`` updates, checkpoints atomically every ``checkpoint_every`` iterations, and
-between iterations honours a stop request (the ``stop`` file, or SIGTERM / SIGINT): it then saves
-a checkpoint and the policies and finishes with reason ``stopped``. ``resume=True`` continues
-from ``checkpoints/last.pt`` with the same iteration count, policies and random states. Any
-failure is written as an ``error`` event with the traceback's tail; the last checkpoint stays.
+``run_worker(run)`` (a :class:`~JCSAugmentLib.run.folder.RunFolder` or its path) is what
+``jcsaugment train RUN_DIR`` and the Slicer panel's background process run.  Before anything is
+written it refuses a folder with a symbolic link among its entries, takes the folder's lock,
+applies the command line's overrides to the stored job and checks them (``--resume`` may not
+change what the checkpoint was trained with), and refuses a folder that already holds a
+checkpoint unless asked to ``--resume`` it or ``--restart`` it (the old checkpoints are kept).
+Then it streams ``events.jsonl``, keeps ``status.json`` current, writes ``policy.json`` after
+every policy update, previews every ``preview_every`` updates, checkpoints atomically every
+``checkpoint_every`` iterations (best.pt before last.pt), and between iterations honours a stop
+request (the ``stop`` file, or SIGTERM / SIGINT): it then saves a checkpoint and the policies
+and finishes with reason ``stopped``.  ``resume=True`` continues from ``checkpoints/last.pt``
+with the same iteration count, policies and random states.  Any failure is written as an
+``error`` event with the traceback's tail; the last checkpoint stays.
 
 Exit codes: 0 completed, stopped or out of time budget; 1 failed while running; 2 the job or the
-run folder was refused before training started.
+run folder was refused before training started (one line on stderr, even with ``quiet``).
 """
 
 from __future__ import annotations
@@ -21,16 +26,32 @@ import signal
 import sys
 import threading
 import time
-from typing import Dict, Optional, TextIO
+from typing import Dict, List, Optional, TextIO
 
-from ..run.checkpoint import last_checkpoint_path, load_checkpoint, save_run_checkpoint
-from ..run.control import (RunLock, RunLockError, check_writable, clear_stop, read_stop,
-                           stop_requested)
-from ..run.events import EventWriter, traceback_tail
-from ..run.job import JobError, load_job
-from ..run.status import write_status
+from ..run.control import RunLockError
+from ..run.events import traceback_tail
+from ..run.folder import RunFolder, as_run_folder
+from ..run.job import Job, JobError
+from ..run.status import SymlinkRefused
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+
+#: job fields that fix what a checkpoint holds (the network, the policies' shape, the data it
+#: was trained on): ``--resume`` refuses to change them (start again with ``--restart``)
+RESUME_FIXED_FIELDS = ("model.backbone", "model.patch_size", "model.base_features",
+                       "model.deep_supervision", "training.mode", "training.init",
+                       "data.dataset", "data.cases", "data.splits", "data.split_seed",
+                       "data.split_fractions", "data.target_spacing", "data.normalisation")
+
+
+class WorkerRefused(Exception):
+    """The worker will not start on this folder as asked (exit 2, one line).  ``report``:
+    also write it into the folder (an error event and a failed status) for a GUI; False where
+    the refusal protects the folder as it is (another run's history, a finished run)."""
+
+    def __init__(self, message: str, report: bool = False):
+        super().__init__(message)
+        self.report = report
 
 
 class _Progress:
@@ -69,13 +90,6 @@ class _Progress:
         self.stream.flush()
 
 
-def _write_status(run_dir, state, **fields):
-    fields.setdefault("pid", os.getpid())
-    fields["state"] = state
-    fields["updated_at"] = time.time()
-    write_status(run_dir, fields)
-
-
 class _Silent:
     """Stands in for the event writer on ranks other than 0 (only rank 0 writes the folder)."""
 
@@ -83,37 +97,133 @@ class _Silent:
         return lambda *args, **kwargs: None
 
 
-def run_worker(run_dir: str, resume: bool = False, quiet: bool = False,
-               stream: Optional[TextIO] = None) -> int:
-    """Run (or resume) the job in ``run_dir``; returns the exit code. Under torchrun every
-    rank calls this; rank 0 owns the run folder."""
+def run_worker(run: "str | RunFolder", resume: bool = False, quiet: bool = False,
+               stream: Optional[TextIO] = None, overrides: Optional[Dict[str, object]] = None,
+               restart: bool = False, new_job: Optional[Job] = None) -> int:
+    """Run (or resume) the job of ``run``; returns the exit code.  Under torchrun every rank
+    calls this; rank 0 owns the run folder.
+
+    In this order, so that a refused start changes nothing: the folder's entries are checked
+    (no symbolic links), the lock is taken, ``overrides`` (dotted job fields, e.g.
+    ``{"training.epochs": 5}``) are applied to the stored job (or to ``new_job``, a job for a
+    new folder) and checked against it (``--resume`` keeps :data:`RESUME_FIXED_FIELDS`), a
+    folder that already holds a checkpoint needs ``resume`` or ``restart`` (which sets the
+    old checkpoints aside), and only then is job.json written."""
     from .distributed import from_environment
-    stream = None if quiet else (stream or sys.stderr)
-    run_dir = os.path.abspath(run_dir)
+    errors = stream or sys.stderr  # a refusal is said even when quiet
+    stream = None if quiet else errors
+    folder = as_run_folder(run)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if not is_main:  # the other ranks read what rank 0 checked; they write nothing
+        try:
+            job = _job_to_run(folder, overrides, new_job, resume)
+        except (JobError, WorkerRefused) as e:
+            errors.write(f"jcsaugment train: error: {e}\n")
+            return EXIT_REFUSED
+        ctx = from_environment(job.device)
+        try:
+            return _train(folder, job, resume, _Silent(), None, {"name": None}, ctx)
+        finally:
+            ctx.close()
     try:
-        job = load_job(run_dir)
-        check_writable(run_dir)
-    except (JobError, OSError) as e:
-        _refuse(run_dir, str(e), stream)
+        folder.refuse_symlinks()
+        folder.check_writable()
+    except OSError as e:
+        _refuse(folder, str(e), errors, report=not isinstance(e, SymlinkRefused))
         return EXIT_REFUSED
-    ctx = from_environment(job.device)
+    lock_warnings: List[str] = []
     try:
-        if not ctx.is_main:
-            return _train(run_dir, job, resume, _Silent(), None, {"name": None}, ctx)
-        return _run_main(run_dir, job, resume, stream, ctx)
+        lock = folder.lock(on_warning=lock_warnings.append).acquire()
+    except (RunLockError, OSError) as e:  # nothing is written: the folder is the live worker's
+        errors.write(f"jcsaugment train: error: {e}\n")
+        return EXIT_REFUSED
+    try:
+        try:
+            job = _prepare_folder(folder, overrides, new_job, resume, restart, lock_warnings)
+        except (JobError, WorkerRefused, OSError) as e:
+            _refuse(folder, str(e), errors, report=getattr(e, "report", True))
+            return EXIT_REFUSED
+        ctx = from_environment(job.device)
+        try:
+            return _run_main(folder, job, resume, stream, ctx, lock_warnings)
+        finally:
+            ctx.close()
     finally:
-        ctx.close()
+        lock.release()
 
 
-def _run_main(run_dir, job, resume, stream, ctx) -> int:
-    lock_warnings = []
+def _job_to_run(folder: RunFolder, overrides, new_job: Optional[Job], resume: bool) -> Job:
+    """The job after ``overrides``, checked against the stored one (raises JobError or
+    WorkerRefused)."""
+    stored = folder.job() if folder.has_job() else None
+    if new_job is not None and stored is not None and not resume:
+        raise WorkerRefused(f"{folder.path} already holds a job.json: resume it with "
+                            f"'jcsaugment train {folder.path} --resume' or choose another folder")
+    base = stored if stored is not None else new_job
+    if base is None:
+        folder.job()  # raises the JobError that names the missing file
     try:
-        lock = RunLock(run_dir, on_warning=lock_warnings.append).acquire()
-    except RunLockError as e:
-        if stream:
-            stream.write(f"jcsaugment train: {e}\n")
-        return EXIT_REFUSED
-    events = EventWriter(run_dir)
+        job = base.with_overrides(dict(overrides)) if overrides else base.validate()
+    except JobError as e:
+        if not overrides:
+            raise
+        raise WorkerRefused(f"{e}; job.json is unchanged") from None
+    if resume and stored is not None:
+        changed = [f for f in RESUME_FIXED_FIELDS if _field(job, f) != _field(stored, f)]
+        if changed:
+            raise WorkerRefused(
+                f"--resume cannot change {', '.join(changed)} (the checkpoint was trained with "
+                f"{', '.join(f'{f}={_field(stored, f)!r}' for f in changed)}); job.json is "
+                f"unchanged. Start the run again with --restart (the old checkpoints are kept), "
+                f"or use a new run folder")
+    return job
+
+
+def _field(job: Job, dotted: str):
+    node = job.to_dict()
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _prepare_folder(folder: RunFolder, overrides, new_job, resume, restart,
+                    warnings: List[str]) -> Job:
+    """Holding the lock: the checked job, the checkpoint rule, the sweep, then job.json."""
+    if resume and restart:
+        raise WorkerRefused("--resume continues the run, --restart starts it again: give one")
+    job = _job_to_run(folder, overrides, new_job, resume)
+    missing = folder.missing_files(job)
+    if missing:
+        field, path = missing[0]
+        raise WorkerRefused(f"job.json: {field}: {path} does not exist"
+                            + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1
+                               else ""), report=True)
+    if resume and not os.path.isfile(folder.checkpoint_path("last")):
+        raise WorkerRefused(f"--resume: no checkpoint at {folder.checkpoint_path('last')}; "
+                            f"start the run without --resume")
+    if not resume and folder.has_checkpoint():
+        if not restart:
+            it = folder.checkpoint_iteration("last")
+            at = "" if it is None else f" at iteration {it}"
+            raise WorkerRefused(
+                f"{folder.path} already holds a checkpoint{at}: continue that run with "
+                f"--resume, or start it again with --restart (its checkpoints are kept in "
+                f"checkpoints/); nothing was changed")
+        kept = folder.set_aside_checkpoints()
+        if kept:
+            warnings.append(f"--restart: the previous checkpoints were kept in "
+                            f"{folder.relative(kept)}")
+    removed = folder.sweep_temp_files()
+    if removed:
+        warnings.append(f"removed {len(removed)} temporary file(s) left by an interrupted "
+                        f"write: {', '.join(folder.relative(p) for p in removed[:5])}")
+    if folder.job_bytes() is None or job != folder.job():
+        folder.save_job(job)
+    return job
+
+
+def _run_main(folder: RunFolder, job: Job, resume, stream, ctx, lock_warnings) -> int:
+    events = folder.event_writer()
     for w in lock_warnings:
         events.warning(w)
     stop_signal = {"name": None}
@@ -127,27 +237,29 @@ def _run_main(run_dir, job, resume, stream, ctx) -> int:
     try:
         # A stop file left by the previous worker must not stop this one (resume included);
         # a stop asked for from now on is honoured.
-        clear_stop(run_dir)
-        return _train(run_dir, job, resume, events, stream, stop_signal, ctx)
+        folder.clear_stop()
+        return _train(folder, job, resume, events, stream, stop_signal, ctx)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         events.close()
-        lock.release()
 
 
-def _refuse(run_dir: str, message: str, stream):
-    if stream:
-        stream.write(f"jcsaugment train: error: {message}\n")
-    try:  # tell a GUI that polls the folder, if the folder takes writes at all
-        with EventWriter(run_dir) as ev:
+def _refuse(folder: RunFolder, message: str, stream, report: bool = True):
+    """Say why the worker will not start; ``report``: also into the folder for a GUI that
+    polls it (not when the refusal protects the folder as it is)."""
+    stream.write(f"jcsaugment train: error: {message}\n")
+    if not report:
+        return
+    try:
+        with folder.event_writer() as ev:
             ev.error(message, None)
-        _write_status(run_dir, "failed", last_error=message)
+        folder.write_status("failed", last_error=message)
     except OSError:
         pass
 
 
-def _train(run_dir, job, resume, events, stream, stop_signal, ctx) -> int:
+def _train(folder: RunFolder, job: Job, resume, events, stream, stop_signal, ctx) -> int:
     from ..policy.policy_json import save_policy
     from .trainer import Trainer
 
@@ -156,24 +268,21 @@ def _train(run_dir, job, resume, events, stream, stop_signal, ctx) -> int:
     if not main:  # only rank 0 touches status.json, policy.json, previews and checkpoints
         def _status(*_a, **_k):
             return None
-        save_policy = _rank_policy_saver(run_dir, ctx)
+        save_policy = _rank_policy_saver(folder, ctx)
     else:
-        _status = _write_status
-    _status(run_dir, "starting", started_at=started)
+        _status = folder.write_status
+    _status("starting", started_at=started)
     trainer = None
     try:
         def progress(stage, done, total):
-            _status(run_dir, "starting", started_at=started, stage=stage, done=done, of=total)
+            _status("starting", started_at=started, stage=stage, done=done, of=total)
             if stream:
                 stream.write(f"{stage} ({done}/{total})\n")
 
-        trainer = Trainer(job, run_dir, progress=progress, dist=ctx)
+        trainer = Trainer(job, folder.path, cache_dir=folder.cache_dir, progress=progress,
+                          dist=ctx)
         if resume:
-            path = last_checkpoint_path(run_dir)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"--resume: no checkpoint at {path}; start the run "
-                                        f"without --resume")
-            for w in trainer.load_state_dict(load_checkpoint(path)):
+            for w in trainer.load_state_dict(folder.load_checkpoint("last")):
                 events.warning(w)
         t = trainer.job.training
         total = trainer.job.total_iterations
@@ -188,12 +297,12 @@ def _train(run_dir, job, resume, events, stream, stop_signal, ctx) -> int:
         start_iteration = trainer.iteration
         last_event = 0.0
         if trainer.iteration == 0 and main:
-            _save_policy(run_dir, trainer, events, save_policy)
-            _preview(run_dir, trainer, events)
+            _save_policy(folder, trainer, events, save_policy)
+            _preview(folder, trainer, events)
         while trainer.iteration < total:
-            reason = _stop_reason(run_dir, stop_signal, budget, started) if main else None
+            reason = _stop_reason(folder, stop_signal, budget, started) if main else None
             if ctx.any(reason is not None):  # rank 0 decides for all ranks
-                return _finish(run_dir, trainer, events, save_policy, reason or "stopped",
+                return _finish(folder, trainer, events, save_policy, reason or "stopped",
                                started, ctx)
             res = trainer.step()
             it, epoch = trainer.iteration, (trainer.iteration - 1) // t.iterations_per_epoch
@@ -202,44 +311,44 @@ def _train(run_dir, job, resume, events, stream, stop_signal, ctx) -> int:
                 speed = (it - start_iteration) / max(1e-9, time.perf_counter() - bar.first)
                 events.progress(epoch, it, total, res.losses, round(speed, 4),
                                 eta=bar.eta(it, start_iteration))
-                _status(run_dir, "running", started_at=started, iteration=it, of=total,
-                        epoch=epoch, eta_seconds=bar.eta(it, start_iteration), losses=res.losses)
+                _status("running", started_at=started, iteration=it, of=total, epoch=epoch,
+                        eta_seconds=bar.eta(it, start_iteration), losses=res.losses)
                 last_event = now
             bar.show(it, start_iteration, epoch, res.losses)
             if not main:
                 continue
             if res.policy_updated:
-                _save_policy(run_dir, trainer, events, save_policy)
+                _save_policy(folder, trainer, events, save_policy)
                 if t.preview_every and trainer.policy_updates % t.preview_every == 0:
-                    _preview(run_dir, trainer, events)
+                    _preview(folder, trainer, events)
             if it % t.checkpoint_every == 0:
-                _checkpoint(run_dir, trainer, events)
+                _checkpoint(folder, trainer, events)
             if it % t.iterations_per_epoch == 0 and t.validate_every and \
                     (epoch + 1) % t.validate_every == 0 and it < total:
-                _validate(run_dir, trainer, events, epoch)
+                _validate(folder, trainer, events, epoch)
         if stream and bar.tty:
             stream.write("\n")
-        return _finish(run_dir, trainer, events, save_policy, "completed", started, ctx)
+        return _finish(folder, trainer, events, save_policy, "completed", started, ctx)
     except Exception as e:  # the worker's job is to report, not to crash silently
         message = f"{type(e).__name__}: {e}"
         events.error(message, traceback_tail(e))
-        _status(run_dir, "failed", started_at=started, last_error=message,
+        _status("failed", started_at=started, last_error=message,
                 iteration=getattr(trainer, "iteration", None))
         if stream:
             stream.write(f"\njcsaugment train: failed: {message}\n")
         return EXIT_FAILED
 
 
-def _stop_reason(run_dir, stop_signal, budget, started) -> Optional[str]:
-    if stop_signal["name"] or stop_requested(run_dir):
+def _stop_reason(folder: RunFolder, stop_signal, budget, started) -> Optional[str]:
+    if stop_signal["name"] or folder.stop_requested():
         return "stopped"
     if budget is not None and time.time() - started > budget * 60:
         return "budget"
     return None
 
 
-def _save_policy(run_dir, trainer, events, save_policy):
-    save_policy(os.path.join(run_dir, "policy.json"), trainer.tra, trainer.tea,
+def _save_policy(folder: RunFolder, trainer, events, save_policy):
+    save_policy(folder.policy_path, trainer.tra, trainer.tea,
                 meta={"iteration": trainer.iteration, "mode": trainer.job.training.mode,
                       "backbone": trainer.job.model.backbone,
                       "init": trainer.job.training.init})
@@ -247,76 +356,64 @@ def _save_policy(run_dir, trainer, events, save_policy):
     events.policy(trainer.iteration, summary["tra"], summary["tea"])
 
 
-def _preview(run_dir, trainer, events):
+def _preview(folder: RunFolder, trainer, events):
     from ..augment.preview import make_preview
     from ..charts.preview_grid import draw_preview_grid
-    from ..policy.policy_json import write_json_atomic
     import numpy as np
     case = trainer.train_cases[0]
     patch = tuple(min(p, s) for p, s in zip(trainer.info.input_size, case.image.shape[1:]))
     rows = make_preview(case.image, case.label[None].astype(np.int64), trainer.tra, n=3,
                         patch_size=patch, seed=trainer.iteration, roi=case.roi)
-    folder = os.path.join(run_dir, "previews")
-    os.makedirs(folder, exist_ok=True)
-    png = os.path.join(folder, "preview_latest.png")
-    draw_preview_grid([r.as_grid_row() for r in rows], out_path=png,
-                      title=f"{case.case_id}, iteration {trainer.iteration}")
-    arrays = os.path.join(folder, "preview_latest.npz")
-    tmp = arrays + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **{f"{r.name.split()[0]}_{k}": np.stack(getattr(r, k))
-                                  for r in rows for k in ("images", "labels")})
-    os.replace(tmp, arrays)
-    write_json_atomic(os.path.join(folder, "preview_latest.json"),
-                      {"iteration": trainer.iteration, "case": case.case_id,
-                       "rows": [{"name": r.name, "centre": list(r.centre),
-                                 "captions": r.captions} for r in rows]})
-    events.preview(trainer.iteration, {"png": png, "arrays": arrays})
+
+    def draw(png):
+        draw_preview_grid([r.as_grid_row() for r in rows], out_path=png,
+                          title=f"{case.case_id}, iteration {trainer.iteration}")
+    files = folder.write_preview(rows, trainer.iteration, case.case_id, draw=draw)
+    events.preview(trainer.iteration, files)
 
 
-def _checkpoint(run_dir, trainer, events, best=False):
-    path = save_run_checkpoint(run_dir, trainer.state_dict(), best=best)
+def _checkpoint(folder: RunFolder, trainer, events, best=False):
+    path = folder.save_checkpoint(trainer.state_dict(), best=best)
     events.checkpoint(trainer.iteration, path, best=best)
     return path
 
 
-def _validate(run_dir, trainer, events, epoch):
+def _validate(folder: RunFolder, trainer, events, epoch):
     metrics = trainer.validate()
     events.validation(epoch, metrics)
     score = metrics.get("dice_foreground", -math.inf)
     if score > trainer.best_metric:
         trainer.best_metric = score
-        _checkpoint(run_dir, trainer, events, best=True)
+        _checkpoint(folder, trainer, events, best=True)
     return metrics
 
 
-def _rank_policy_saver(run_dir, ctx):
+def _rank_policy_saver(folder: RunFolder, ctx):
     """Ranks other than 0 keep their final policies beside rank 0's (to check they agree)."""
     def save(path, tra, tea, meta=None):
         from ..policy.policy_json import save_policy
-        folder = os.path.join(run_dir, "ranks")
-        os.makedirs(folder, exist_ok=True)
-        save_policy(os.path.join(folder, f"policy_rank{ctx.rank}.json"), tra, tea, meta)
+        os.makedirs(folder.ranks_dir, exist_ok=True)
+        save_policy(folder.rank_policy_path(ctx.rank), tra, tea, meta)
     return save
 
 
-def _finish(run_dir, trainer, events, save_policy, reason, started, ctx) -> int:
+def _finish(folder: RunFolder, trainer, events, save_policy, reason, started, ctx) -> int:
     if not ctx.is_main:
-        _save_policy(run_dir, trainer, events, save_policy)
+        _save_policy(folder, trainer, events, save_policy)
         return EXIT_OK
     if ctx.active:  # rank 0's copy for the same check
-        _save_policy(run_dir, trainer, events, _rank_policy_saver(run_dir, ctx))
+        _save_policy(folder, trainer, events, _rank_policy_saver(folder, ctx))
     t = trainer.job.training
     epoch = max(0, (trainer.iteration - 1) // t.iterations_per_epoch)
-    metrics = _validate(run_dir, trainer, events, epoch) if reason == "completed" else {}
-    path = _checkpoint(run_dir, trainer, events)
-    _save_policy(run_dir, trainer, events, save_policy)
-    stop = read_stop(run_dir) if reason == "stopped" else None
+    metrics = _validate(folder, trainer, events, epoch) if reason == "completed" else {}
+    path = _checkpoint(folder, trainer, events)
+    _save_policy(folder, trainer, events, save_policy)
+    stop = folder.read_stop() if reason == "stopped" else None
     summary = {"iterations": trainer.iteration, "seconds": round(time.time() - started, 1),
                "validation": metrics, "best_dice_foreground": trainer.best_metric,
                "stop": stop}
-    events.finished(reason, {"checkpoint": path, "policy": os.path.join(run_dir, "policy.json")},
-                    summary)
-    _write_status(run_dir, "stopped" if reason == "stopped" else "finished", started_at=started,
-            iteration=trainer.iteration, of=trainer.job.total_iterations, reason=reason)
+    events.finished(reason, {"checkpoint": path, "policy": folder.policy_path}, summary)
+    folder.write_status("stopped" if reason == "stopped" else "finished", started_at=started,
+                        iteration=trainer.iteration, of=trainer.job.total_iterations,
+                        reason=reason)
     return EXIT_OK

@@ -1,6 +1,7 @@
 """The command line, end to end, on small synthetic files."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -52,6 +53,9 @@ def test_preview_writes_a_png(case, tmp_path, policy):
     arrays = np.load(npz)
     assert arrays["foreground_images"].shape == (3, 1, 16, 16, 16)
     assert set(np.unique(arrays["foreground_labels"])) <= {0, 1, 3}
+    # the run folder's preview format: the panel's reader reads it
+    from JCSAugmentLib.panel.pictures import preview_volumes
+    assert preview_volumes(str(npz))["foreground sample 2 label"].shape == (16, 16, 16)
 
 
 def test_preview_with_a_policy_file(case, tmp_path, capsys):
@@ -89,3 +93,19 @@ def test_bench_runs_small_without_peers(capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["results"]["jcsaugment"]["patches_per_s"] > 0
     assert res["ratios"] == {}
+
+
+def test_policy_draws_a_run_folders_policy(tmp_path, capsys):
+    from JCSAugmentLib.policy.initial import make_tea_policy, make_tra_policy
+    from JCSAugmentLib.policy.policy_json import save_policy
+    from JCSAugmentLib.run.folder import RunFolder
+    run = RunFolder(tmp_path / "run")
+    out = tmp_path / "policy.png"
+    assert main(["policy", run.path, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and run.policy_path in err and not out.exists()
+    os.makedirs(run.path)
+    save_policy(run.policy_path, make_tra_policy("nnunet"), make_tea_policy("nnunet"),
+                {"init": "nnunet"})
+    assert main(["policy", run.path, "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

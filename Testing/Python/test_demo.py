@@ -5,17 +5,21 @@ TRA, joint learning) for 90 iterations each, segments the test site four ways an
 report. This test is the CI run of it.
 """
 
+import glob
 import json
+import os
 
 from JCSAugmentLib.cli import main
 from JCSAugmentLib.demo import METHODS
+from JCSAugmentLib.run.folder import RunFolder
 
 
 def test_demo_quick_writes_a_complete_meaningful_report(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--device", "cpu"]) == 0
     report = (out / "report.md").read_text(encoding="utf-8")
-    summary = json.loads((out / "results.json").read_text(encoding="utf-8"))["summary"]
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    summary = results["summary"]
     for name, _mode, _tea in METHODS:
         assert name in report and name in summary
         fg = summary[name]["foreground"]
@@ -26,6 +30,11 @@ def test_demo_quick_writes_a_complete_meaningful_report(tmp_path):
     for figure in ("policy.png", "preview.png"):
         assert (out / figure).stat().st_size > 10_000, figure
     n_test = len(json.loads((out / "dataset" / "splits.json").read_text())["test"])
-    labels = list((out / "predictions" / "seed0").glob("*/*.nii.gz"))
-    assert len(labels) == n_test * len(METHODS)
+    # each method's label maps, in the prediction folder of the run that made them
+    folders = results["label_maps"]["seed0"]
+    assert sorted(folders) == sorted(name for name, _m, _t in METHODS)
+    for name, mode, _tea in METHODS:
+        run = RunFolder(out / "runs" / f"{mode}_seed0")
+        assert os.path.dirname(folders[name]) == run.predictions_dir
+        assert len(glob.glob(os.path.join(folders[name], "*.nii.gz"))) == n_test
     assert "minutes" in report

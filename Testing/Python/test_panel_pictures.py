@@ -100,3 +100,9 @@ def test_preview_volumes(tmp_path):
                             "foreground sample 1 label"]
     assert vols["foreground sample 1"].shape == (2, 3, 4)
     assert vols["foreground sample 1"][0, 0, 0] == 24 * 3  # sample 1, channel 1
+    # a run folder: its latest preview
+    from JCSAugmentLib.run.folder import RunFolder
+    run = RunFolder(tmp_path / "run")
+    os.makedirs(run.previews_dir)
+    os.replace(path, run.preview_path("npz"))
+    assert sorted(preview_volumes(run)) == sorted(vols)

@@ -17,26 +17,33 @@ from JCSAugmentLib.run.job import Job
 from JCSAugmentLib.train.trainer import Trainer
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
+def tiny_trainer(data_dir, run_dir) -> Trainer:
+    """A tiny joint-mode U-Net (base 2, 16^3 patches) on three synthetic cases written to
+    ``data_dir`` (c0 train, c1 validation, c2 test), trained for one iteration; nothing is
+    saved into ``run_dir`` yet."""
     cases = []
     for i in range(3):
         img, lab, _ = synthetic_case(size=(20, 24, 24), seed=i)
-        p = str(d / f"c{i}")
+        p = os.path.join(str(data_dir), f"c{i}")
         sitk.WriteImage(img, p + "_img.nii.gz")
         sitk.WriteImage(lab, p + "_lab.nii.gz")
         cases.append({"id": f"c{i}", "images": [p + "_img.nii.gz"], "label": p + "_lab.nii.gz"})
-    run = str(tmp_path_factory.mktemp("run"))
     job = Job.from_dict({"schema": 1, "data": {"cases": cases, "splits": {
         "train": ["c0"], "validation": ["c1"], "test": ["c2"]}},
         "model": {"backbone": "unet3d", "patch_size": [16, 16, 16], "base_features": 2},
         "training": {"mode": "joint", "epochs": 1, "iterations_per_epoch": 1, "batch_size": 2,
                      "val_batch_size": 2, "tea_copies": 2},
         "device": "cpu", "seed": 0})
-    tr = Trainer(job, run)
+    tr = Trainer(job, str(run_dir))
     tr.step()
-    save_run_checkpoint(run, tr.state_dict())
+    return tr
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    run = str(tmp_path_factory.mktemp("run"))
+    save_run_checkpoint(run, tiny_trainer(d, run).state_dict())  # last.pt only, no job.json
     return run, str(d)
 
 
