@@ -38,10 +38,11 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
+from JCSAugmentLib.run.folder import RunFolder
 from JCSAugmentLib.run.job import BACKBONES, INITS, MODES
 from JCSAugmentSlicer.dependencies import (DependencyError, ensureDependencies,  # noqa: F401
                                            ensureTorch)
-from JCSAugmentSlicer.logic import SPLIT_CHOICES, TEA_CHOICES, RunLogic, _nodes, pathOrNone
+from JCSAugmentSlicer.logic import SPLIT_CHOICES, TEA_CHOICES, RunLogic, nodesOfClass, pathOrNone
 
 PAPER = ("Z. Li, K. Kamnitsas, Q. Dou, C. Qin, B. Glocker, \"Joint Optimization of Class-Specific "
          "Training- and Test-Time Data Augmentation in Segmentation\", IEEE Transactions on "
@@ -295,7 +296,7 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         p = self._parameterNode
         if p.predictVolume is None:
-            volumes = [n for n in _nodes(slicer.mrmlScene, "vtkMRMLScalarVolumeNode")
+            volumes = [n for n in nodesOfClass(slicer.mrmlScene, "vtkMRMLScalarVolumeNode")
                        if not n.IsA("vtkMRMLLabelMapVolumeNode")
                        and n.GetAttribute("JCSAugment.role") is None]
             if volumes:
@@ -522,6 +523,8 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ensureDependencies()
             p = self._parameterNode
             settings = self.logic.settingsFromParameterNode(p)
+            # Start always trains in a new run folder: a finished or stopped run stays as it is
+            # (Resume continues it), so there is nothing to confirm here
             if p.dataSource == "folder":
                 runDir = self.logic.prepareRun(settings, datasetFolder=pathOrNone(p.datasetFolder),
                                                splitFractions=self.logic.fractions(p),
@@ -659,7 +662,7 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasPolicy = bool(self._policyPngs)
         self.ui.exportPolicyPngButton.enabled = hasPolicy
         self.ui.exportPolicyJsonButton.enabled = v is not None and v.run_dir is not None and \
-            os.path.exists(os.path.join(v.run_dir, "policy.json"))
+            RunFolder(v.run_dir).has_policy()
 
     def _ensureCurveNodes(self):
         if self._curveNodes is None or any(
@@ -724,10 +727,11 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     shutil.copyfile(path, os.path.join(folder, f"policy_{key}.png"))
 
     def onExportPolicyJson(self):
-        with slicer.util.tryWithErrorDisplay("Could not export policy.json."):
-            source = os.path.join(self._view.run_dir, "policy.json")
-            path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Save policy.json",
-                                                  "policy.json", "JSON (*.json)")
+        with slicer.util.tryWithErrorDisplay("Could not export the policy file."):
+            source = RunFolder(self._view.run_dir).policy_path
+            name = os.path.basename(source)
+            path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), f"Save {name}",
+                                                  name, "JSON (*.json)")
             if path:
                 shutil.copyfile(source, path)
 
@@ -997,7 +1001,7 @@ class JCSAugmentTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Run folder from another version")
         other = os.path.join(self.tmp, "other")
         os.makedirs(other)
-        with open(os.path.join(other, "job.json"), "w", encoding="utf-8") as f:
+        with open(RunFolder(other).job_path, "w", encoding="utf-8") as f:
             f.write('{"schema": 99, "data": {}}')
         with self.assertRaises(ValueError):
             logic.checkRunFolder(other)

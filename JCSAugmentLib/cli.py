@@ -4,11 +4,16 @@ Subcommands::
 
     jcsaugment ops [--json]                       the TRA and TEA operation tables
     jcsaugment preview IMAGE LABEL --out PNG      foreground/background patches under a policy
-    jcsaugment bench augment [--device cuda]      TRA patches per second vs the peers
-    jcsaugment augment-demo [--out DIR]           preview + policy pictures on a synthetic case
+    jcsaugment train RUN | --dataset DIR --out RUN   train (--resume, --restart, options)
+    jcsaugment stop RUN                           ask the run's worker to stop
+    jcsaugment predict --run RUN --image F --out DIR   segment with the run's network and TEA
+    jcsaugment evaluate --pred DIR --ref DIR      DSC, sensitivity, precision, HD95
+    jcsaugment policy RUN --out PNG               the learned policies as pictures
+    jcsaugment synth DIR | demo | augment-demo    the synthetic dataset, the main job, pictures
+    jcsaugment bench augment|meta|infer           side-by-side ratios with the peers
 
-Errors the user can fix (bad files, bad policies, bad options) print one line naming the
-problem and exit with status 2; nothing is written half-way.
+Errors the user can fix (bad files, bad policies, bad options, a run folder in use) print one
+line naming the problem and exit with status 2; nothing is written half-way.
 """
 
 from __future__ import annotations
@@ -107,26 +112,15 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-# command-line option -> dotted job field
-_TRAIN_OPTIONS = {
-    "backbone": "model.backbone", "patch_size": "model.patch_size",
-    "base_features": "model.base_features", "mode": "training.mode", "init": "training.init",
-    "epochs": "training.epochs", "iterations_per_epoch": "training.iterations_per_epoch",
-    "batch_size": "training.batch_size", "val_batch_size": "training.val_batch_size",
-    "tea_copies": "training.tea_copies", "policy_every": "training.policy_every",
-    "meta_grad": "training.meta_grad", "pretrained": "training.pretrained",
-    "device": "device", "seed": "seed", "time_budget": "time_budget_minutes",
-}
-
-
 def _cmd_train(args) -> int:
     import os
     from .run.folder import RunFolder
     from .run.job import Job, JobError
+    from .run.job_builder import TrainSettings
     from .train.worker import run_worker
-    overrides = {field: (list(v) if isinstance(v, (list, tuple)) else v)
-                 for opt, field in _TRAIN_OPTIONS.items()
-                 if (v := getattr(args, opt)) is not None}
+    # the train options that are settings carry TrainSettings' names (--time-budget's dest
+    # included): the job fields they set come from the one mapping in run/job_builder.py
+    overrides = TrainSettings.from_mapping(vars(args)).to_overrides()
     new_job = None
     if args.dataset or args.out:
         if not (args.dataset and args.out):
@@ -310,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pretrained", help="checkpoint of a trained model (tea-only mode)")
     s.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--seed", type=int)
-    s.add_argument("--time-budget", type=float, metavar="MINUTES")
+    s.add_argument("--time-budget", type=float, metavar="MINUTES", dest="time_budget_minutes")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("predict", help="segment images with a trained run and TEA")

@@ -16,11 +16,11 @@ import time
 
 import slicer
 
-from JCSAugmentLib.run.job import TEA_MODES
+from JCSAugmentLib.run.folder import RunFolder
+from JCSAugmentLib.run.job import TEA_CHOICES, TEA_MODES
 
 #: what the split column offers ("unused" leaves a case out of the run)
 SPLIT_CHOICES = ("train", "validation", "test", "unused")
-TEA_CHOICES = ("learned", "heuristic", "none")
 
 
 @contextlib.contextmanager
@@ -123,11 +123,11 @@ class RunLogic:
         this module made (previews, results: the "JCSAugment.role" attribute) are left out."""
         from JCSAugmentLib.panel.cases import pair_report
         scene = scene or slicer.mrmlScene
-        volumes = [n for n in _nodes(scene, "vtkMRMLScalarVolumeNode")
+        volumes = [n for n in nodesOfClass(scene, "vtkMRMLScalarVolumeNode")
                    if not n.IsA("vtkMRMLLabelMapVolumeNode") and n.GetAttribute(
                        "JCSAugment.role") is None and not n.GetHideFromEditors()]
-        labels = [n for n in _nodes(scene, "vtkMRMLLabelMapVolumeNode")
-                  + _nodes(scene, "vtkMRMLSegmentationNode")
+        labels = [n for n in nodesOfClass(scene, "vtkMRMLLabelMapVolumeNode")
+                  + nodesOfClass(scene, "vtkMRMLSegmentationNode")
                   if n.GetAttribute("JCSAugment.role") is None and not n.GetHideFromEditors()]
         byName = {}
         for n in volumes + labels:
@@ -207,45 +207,17 @@ class RunLogic:
             pretrained=pathOrNone(p.pretrained),
             split_fractions=RunLogic.fractions(p))
 
-    @staticmethod
-    def _datasetJob(folder, settings, splitFractions, splitSeed):
-        """job.json for a dataset folder (the splits drawn by the worker from the fractions)."""
-        from JCSAugmentLib.panel.settings import job_device
-        from JCSAugmentLib.run.job import Job
-        if not folder or not os.path.isdir(folder):
-            raise ValueError(f"Choose a dataset folder (a folder with dataset.json); {folder!r} "
-                             f"is not a folder.")
-        if not os.path.isfile(os.path.join(folder, "dataset.json")):
-            raise ValueError(f"{folder} has no dataset.json: choose an nnU-Net v2 raw or "
-                             f"Medical Segmentation Decathlon dataset folder.")
-        total = sum(splitFractions.values()) or 1.0
-        fractions = {k: v / total for k, v in splitFractions.items()}
-        fields = {"model.backbone": settings.backbone, "training.mode": settings.mode,
-                  "training.init": settings.init, "training.epochs": int(settings.epochs),
-                  "device": job_device(settings.device), "seed": int(settings.seed),
-                  "time_budget_minutes": settings.minutes}
-        if settings.patch_size is not None:
-            fields["model.patch_size"] = [int(v) for v in settings.patch_size]
-        if settings.batch_size is not None:
-            fields["training.batch_size"] = int(settings.batch_size)
-        if settings.iterations_per_epoch is not None:
-            fields["training.iterations_per_epoch"] = int(settings.iterations_per_epoch)
-        if settings.pretrained:
-            fields["training.pretrained"] = settings.pretrained
-        job = Job.from_dict({"schema": 1, "data": {
-            "dataset": os.path.abspath(folder), "split_seed": int(splitSeed),
-            "split_fractions": fractions}})
-        return job.with_overrides(fields).to_dict()
-
     def prepareRun(self, settings, rows=None, datasetFolder=None, overrides=None,
                    splitFractions=None, splitSeed=0, name="run"):
         """A new run folder under settings.output_folder with job.json and the exported cases
         (rows from :meth:`caseRows`; or a dataset folder). Checks everything first and removes
         the new folder again if anything fails, so the scene and other runs stay as they were.
-        ``overrides``: dotted job fields (``{"model.base_features": 4}``) for scripts and tests."""
+        The job is the panel's (panel.settings: the same settings -> job fields mapping as the
+        command line's). ``overrides``: dotted job fields (``{"model.base_features": 4}``) for
+        scripts and tests."""
         from JCSAugmentLib.panel.cases import check_cases, normalise_split
-        from JCSAugmentLib.panel.settings import build_job, new_run_dir
-        from JCSAugmentLib.run.job import Job, save_job
+        from JCSAugmentLib.panel.settings import build_dataset_job, build_job, new_run_dir
+        from JCSAugmentLib.run.job import Job
         from JCSAugmentLib.slicer_scene import export_cases
         problems = settings.problems()
         if problems:
@@ -255,8 +227,7 @@ class RunLogic:
             if problems:
                 raise ValueError("\n".join(problems))
         else:
-            job = self._datasetJob(datasetFolder, settings, splitFractions
-                                   or dict(settings.split_fractions), splitSeed)
+            job = build_dataset_job(datasetFolder, settings, splitFractions, splitSeed)
         try:
             runDir = new_run_dir(settings.output_folder, name)
         except OSError as e:
@@ -265,42 +236,54 @@ class RunLogic:
         with removedOnFailure(runDir, f"the run folder {runDir}"):
             if datasetFolder is None:
                 used = [r for r in rows if normalise_split(r.get("split")) is not None]
-                cases = export_cases(used, os.path.join(runDir, "inputs"), relative_to=runDir)
+                cases = export_cases(used, RunFolder(runDir).inputs_dir, relative_to=runDir)
                 job = build_job(cases, settings)
             if overrides:
                 job = Job.from_dict(job).with_overrides(dict(overrides)).to_dict()
-            save_job(runDir, job)
+            RunFolder(runDir).save_job(job)
         return runDir
 
     @staticmethod
     def isRunFolder(runDir):
-        return bool(runDir) and os.path.isfile(os.path.join(runDir, "job.json"))
+        return bool(runDir) and RunFolder(runDir).has_job()
 
     def checkRunFolder(self, runDir):
         """Raise a clear error unless ``runDir`` is a run folder this version can read."""
-        from JCSAugmentLib.run.job import JobError, load_job
+        from JCSAugmentLib.run.job import JobError
         if not runDir or not os.path.isdir(runDir):
             raise ValueError(f"Choose a run folder ({runDir!r} is not a folder).")
         if not self.isRunFolder(runDir):
-            raise ValueError(f"{runDir} is not a JCSAugment run folder (it has no job.json).")
+            raise ValueError(f"{runDir} is not a JCSAugment run folder (it has no job file).")
         try:
-            load_job(runDir)
+            RunFolder(runDir).job()
         except JobError as e:
             raise ValueError(f"This run folder cannot be used by this version of JCSAugment: "
                              f"{e}") from None
 
     def startTraining(self, runDir, device="auto", resume=False, python=None, wait=False,
-                      timeout=None):
-        """Start ``PythonSlicer -m JCSAugmentLib train RUN [--resume]`` (returns its
-        WorkerProcess at once; ``wait=True`` blocks until it ends)."""
+                      timeout=None, restart=True):
+        """Start ``PythonSlicer -m JCSAugmentLib train RUN`` (returns its WorkerProcess at once;
+        ``wait=True`` blocks until it ends).
+
+        ``resume``: continue from the last checkpoint (``--resume``). Otherwise a folder that
+        already holds a checkpoint (its run was started before) starts again from iteration 0
+        with ``--restart``: the user asked to start, not to resume, and the worker keeps the
+        old checkpoints in ``checkpoints/before-restart-TIME/``, so nothing is lost.
+        ``restart=False`` refuses such a folder instead (ValueError)."""
         from JCSAugmentLib.panel.worker_process import WorkerProcess, run_folder_busy
         self.checkRunFolder(runDir)
-        busy = run_folder_busy(runDir)
+        folder = RunFolder(runDir)
+        busy = run_folder_busy(folder)
         if busy:
             raise RuntimeError(busy)
-        if resume and not os.path.exists(os.path.join(runDir, "checkpoints", "last.pt")):
+        if resume and not os.path.isfile(folder.checkpoint_path("last")):
             raise ValueError(f"{runDir} has no checkpoint to resume from.")
-        worker = WorkerProcess(runDir, python=python, resume=resume, device=device)
+        again = not resume and folder.has_checkpoint()
+        if again and not restart:
+            raise ValueError(f"{runDir} already holds a trained checkpoint: Resume continues "
+                             f"that run, or start it again (its checkpoints are kept aside).")
+        worker = WorkerProcess(folder.path, python=python, resume=resume, restart=again,
+                               device=device)
         worker.start()
         if wait:
             self.waitFor(worker, timeout)
@@ -326,7 +309,7 @@ class RunLogic:
     @staticmethod
     def monitor(runDir, worker=None):
         from JCSAugmentLib.panel.monitor import RunMonitor
-        monitor = RunMonitor(runDir)
+        monitor = RunMonitor(RunFolder(runDir))
         if worker is not None:
             monitor.set_worker(worker)
         return monitor
@@ -338,8 +321,7 @@ class RunLogic:
     @staticmethod
     def requestStop(runDir):
         """Ask the worker of ``runDir`` to stop after its iteration (checkpoint kept)."""
-        from JCSAugmentLib.run.control import request_stop
-        request_stop(runDir, reason="Slicer panel")
+        RunFolder(runDir).request_stop(reason="Slicer panel")
 
     # ------------------------------------------------------------------ curves, pictures, preview
     @staticmethod
@@ -353,10 +335,10 @@ class RunLogic:
         if hasattr(nodes["dice"][1], "SetXAxisTitle"):
             nodes["dice"][1].SetXAxisTitle("epoch")
         view = owner = None
-        for node in _nodes(scene, "vtkMRMLPlotViewNode"):
+        for node in nodesOfClass(scene, "vtkMRMLPlotViewNode"):
             if node.GetAttribute("JCSAugment.role") == "curves view":
                 view = node
-        for node in _nodes(scene, "vtkMRMLScriptedModuleNode"):
+        for node in nodesOfClass(scene, "vtkMRMLScriptedModuleNode"):
             if node.GetAttribute("JCSAugment.role") == "curves view owner":
                 owner = node
         if owner is None:
@@ -384,12 +366,14 @@ class RunLogic:
 
     @staticmethod
     def startPolicyPictures(runDir, outDir=None, python=None):
-        """Draw the run's policy pictures (policy.json) in a subprocess (torch and matplotlib
-        stay out of Slicer's GUI process). Returns a job for :meth:`finishPolicyPictures`."""
+        """Draw the run's policy pictures (its policy file) in a subprocess (torch and
+        matplotlib stay out of Slicer's GUI process). Returns a job for
+        :meth:`finishPolicyPictures`."""
         from JCSAugmentLib.panel.pictures import policy_pngs_command
         from JCSAugmentLib.panel.worker_process import WorkerProcess
-        source = os.path.join(runDir, "policy.json")
-        if not os.path.exists(source):
+        folder = RunFolder(runDir)
+        source = folder.policy_path
+        if not folder.has_policy():
             raise FileNotFoundError(f"{source} does not exist yet")
         if outDir is None:
             key = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.abspath(runDir))[-80:]
@@ -426,54 +410,48 @@ class RunLogic:
         return pngs
 
     @staticmethod
-    def previewArrays(npzPath, gap=2):
+    def previewArrays(preview, gap=2):
         """{"foreground patches": (zyx float32, None), "foreground labels": (zyx int16, None),
-        "background ...": ...} from the worker's previews/preview_latest.npz: the original patch
-        and its augmented samples side by side along x (channel 0)."""
+        "background ...": ...} from the worker's latest preview (``RunFolder.read_preview()``,
+        a ``PreviewArrays``): the original patch and its augmented samples side by side along
+        x (channel 0)."""
         import numpy as np
         out = {}
-        with np.load(npzPath) as data:
-            for row in ("foreground", "background"):
-                if f"{row}_images" not in data:
-                    continue
-                images = np.asarray(data[f"{row}_images"])  # (samples, C, D, H, W)
-                labels = np.asarray(data[f"{row}_labels"])  # (samples, D, H, W)
-                fill = float(images.min()) if images.size else 0.0
-                tiles, labelTiles = [], []
-                for k in range(images.shape[0]):
-                    if k:
-                        shape = images.shape[2:4] + (gap,)
-                        tiles.append(np.full(shape, fill, np.float32))
-                        labelTiles.append(np.zeros(shape, np.int16))
-                    tiles.append(images[k, 0].astype(np.float32))
-                    labelTiles.append(labels[k].astype(np.int16))
-                out[f"{row} patches"] = (np.concatenate(tiles, axis=2), None)
-                out[f"{row} labels"] = (np.concatenate(labelTiles, axis=2), None)
-        if not out:
-            raise ValueError(f"{npzPath} holds no preview patches")
+        for row, images in preview.images.items():  # (samples, C, D, H, W)
+            labels = preview.labels[row]  # (samples, D, H, W)
+            fill = float(images.min()) if images.size else 0.0
+            tiles, labelTiles = [], []
+            for k in range(images.shape[0]):
+                if k:
+                    shape = images.shape[2:4] + (gap,)
+                    tiles.append(np.full(shape, fill, np.float32))
+                    labelTiles.append(np.zeros(shape, np.int16))
+                tiles.append(images[k, 0].astype(np.float32))
+                labelTiles.append(labels[k].astype(np.int16))
+            out[f"{row} patches"] = (np.concatenate(tiles, axis=2), None)
+            out[f"{row} labels"] = (np.concatenate(labelTiles, axis=2), None)
         return out
 
     def showPreview(self, runDir, scene=None):
         """Put the latest preview patches into reused nodes (slicer_scene.update_preview_nodes);
         returns {name: node}."""
         from JCSAugmentLib.slicer_scene import update_preview_nodes
-        path = os.path.join(runDir, "previews", "preview_latest.npz")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"No preview yet: {path} does not exist (the worker writes "
-                                    f"one every few policy updates).")
-        return update_preview_nodes(self.previewArrays(path), scene=scene)
+        preview = RunFolder(runDir).read_preview()
+        if preview is None:
+            raise FileNotFoundError(f"No preview yet in {runDir} (the worker writes one every "
+                                    f"few policy updates).")
+        return update_preview_nodes(self.previewArrays(preview), scene=scene)
 
     # ------------------------------------------------------------------ prediction
     def predictionInputs(self, p, runDir):
         """What "Segment" works on: the test cases of the case table, the selected volume, or
         (a dataset-folder run) None = the run's own test split."""
-        from JCSAugmentLib.run.job import load_job
         if p.predictTarget == "volume":
             if p.predictVolume is None:
                 raise ValueError("Choose the volume to segment.")
             return [{"name": p.predictVolume.GetName(), "image_node": p.predictVolume,
                      "reference_node": p.referenceLabel}]
-        if load_job(runDir).data.dataset is not None:
+        if RunFolder(runDir).job().data.dataset is not None:
             return None
         rows = [r for r in self.caseRows(p) if r["split"] == "test" and r["image_nodes"]]
         if not rows:
@@ -487,47 +465,35 @@ class RunLogic:
         """Export the inputs and start ``PythonSlicer -m JCSAugmentLib predict`` in a worker
         process (``inputs=None``: the run's test split, for a dataset-folder run). Returns a
         PredictionJob; then :meth:`importPredictions`."""
-        from JCSAugmentLib.panel.worker_process import (WorkerProcess, find_python_slicer,
-                                                        predict_command)
-        from JCSAugmentLib.run.job import load_job
+        from JCSAugmentLib.panel.worker_process import WorkerProcess, predict_command
         from JCSAugmentLib.slicer_scene import export_volume_node
-        job = load_job(runDir)
+        folder = RunFolder(runDir)
+        job = folder.job()
         if tea not in TEA_CHOICES:
             raise ValueError(f"TEA must be one of {', '.join(TEA_CHOICES)}")
         if tea == "learned" and job.training.mode not in TEA_MODES:
             raise ValueError(f"This run (mode {job.training.mode!r}) did not learn a test-time "
                              f"augmentation policy: choose 'heuristic' or 'none'.")
-        if not any(os.path.exists(os.path.join(runDir, "checkpoints", f)) for f in
-                   ("best.pt", "last.pt")):
+        if not folder.has_checkpoint():
             raise ValueError(f"{runDir} has no trained checkpoint yet.")
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        outDir = os.path.join(runDir, "predictions", f"slicer-{stamp}")
-        k = 2
-        while os.path.exists(outDir):
-            outDir, k = os.path.join(runDir, "predictions", f"slicer-{stamp}-{k}"), k + 1
+        outDir = folder.new_predictions_folder("slicer")
         inDir = os.path.join(outDir, "inputs")
         labelDir = os.path.join(outDir, "labels")
         with removedOnFailure(outDir):
             os.makedirs(inDir)
-            if inputs is None:
-                cmd = [python or find_python_slicer(), "-m", "JCSAugmentLib", "predict", "--run",
-                       os.path.abspath(runDir), "--split", "test", "--out", labelDir,
-                       "--tea", tea]
-                if uncertainty:
-                    cmd.append("--uncertainty")
-                if device and device != "auto":
-                    cmd += ["--device", "cuda" if device.startswith("cuda:") else device]
-            else:
-                for i, item in enumerate(inputs):
-                    stem = f"{i:03d}_" + (re.sub(r"[^A-Za-z0-9_-]+", "_", item["name"])
-                                          .strip("_") or "case")
-                    item["file"] = export_volume_node(item["image_node"],
-                                                      os.path.join(inDir, f"{stem}.nrrd"))
-                    item["output"] = os.path.join(labelDir, f"{stem}.nrrd")
-                    item["uncertainty_output"] = os.path.join(labelDir,
-                                                              f"{stem}_tea_disagreement.nrrd")
-                cmd = predict_command(runDir, [item["file"] for item in inputs], labelDir, tea,
-                                      uncertainty, python=python, device=device)
+            for i, item in enumerate(inputs or ()):
+                stem = f"{i:03d}_" + (re.sub(r"[^A-Za-z0-9_-]+", "_", item["name"])
+                                      .strip("_") or "case")
+                item["file"] = export_volume_node(item["image_node"],
+                                                  os.path.join(inDir, f"{stem}.nrrd"))
+                item["output"] = os.path.join(labelDir, f"{stem}.nrrd")
+                item["uncertainty_output"] = os.path.join(labelDir,
+                                                          f"{stem}_tea_disagreement.nrrd")
+            # inputs None: the run's own test split (a dataset-folder run)
+            cmd = predict_command(folder.path, None if inputs is None else
+                                  [item["file"] for item in inputs], labelDir, tea, uncertainty,
+                                  python=python, device=device,
+                                  split="test" if inputs is None else None)
         worker = WorkerProcess.for_command(cmd, log_path=os.path.join(outDir, "predict.log"),
                                            device=device, what="prediction")
         worker.start()
@@ -625,7 +591,8 @@ class RunLogic:
         return self.importPredictions(job, asSegmentation=asSegmentation, scene=scene)
 
 
-def _nodes(scene, className):
+def nodesOfClass(scene, className):
+    """Every node of ``className`` in ``scene`` (the collection released afterwards)."""
     collection = scene.GetNodesByClass(className)
     try:
         return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]

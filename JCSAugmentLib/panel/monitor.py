@@ -23,10 +23,10 @@ States (``ViewState.state``)::
 Re-attaching: a new monitor on an existing folder reads the whole events file (over several
 polls when it is long, ``catching_up`` meanwhile, each poll bounded to ``poll_budget_s``; a long
 backlog through :meth:`EventReader.poll_latest`, which parses only the latest policy and
-preview) and reproduces the state; a worker it did not start is watched through its pid (``status.json`` /
-the ``started`` event, checked at most once a second): if that process is gone (or, on Linux,
-the pid now belongs to a program that is not a JCSAugment worker) without a ``finished`` event,
-the run failed.
+preview) and reproduces the state; a worker it did not start is watched through its pid (the
+folder's status / the ``started`` event, checked at most once a second): if that process is
+gone (or, on Linux, the pid now belongs to a program that is not a JCSAugment worker) without
+a ``finished`` event, the run failed.
 
 Memory and time stay bounded however long the run: each curve keeps at most ``max_points``
 points (every other point is dropped, and the stride doubled, when it fills; the newest point is
@@ -250,6 +250,18 @@ class _LogTail:
         return self.text
 
 
+@dataclass
+class _Import:
+    """What :meth:`RunMonitor.begin_import` started: the prediction worker (or None: only
+    loading into the scene), its message and case count, its log and what it wrote so far."""
+    worker: Any
+    message: Optional[str]
+    total: Optional[int]
+    log: Optional[_LogTail]
+    log_read: Optional[str] = None
+    written: List[Dict[str, str]] = field(default_factory=list)
+
+
 def _looks_like_worker(pid: int) -> bool:
     """False when ``pid`` is visibly another program (Linux: its command line does not name
     JCSAugmentLib or jcsaugment, e.g. a pid reused after a reboot); True when unsure."""
@@ -293,7 +305,7 @@ class RunMonitor:
         self._first_poll = True
         self._catching_up = False
         self._worker = None
-        self._import: Optional[Dict[str, Any]] = None
+        self._import: Optional[_Import] = None
         self._import_note: Optional[str] = None
         self._import_error: Optional[str] = None
         self._log = _LogTail(self.folder.worker_log_path) if self.folder else None
@@ -354,9 +366,8 @@ class RunMonitor:
         :class:`~.worker_process.WorkerProcess`, whose ``wrote ...`` lines fill
         ``ViewState.predictions``; ``total`` cases expected) and/or loading results into the
         scene.  A prediction worker that fails turns the state to "failed"."""
-        self._import = {"worker": worker, "message": message, "total": total,
-                        "log": _LogTail(worker.log_path, 200) if worker is not None else None,
-                        "predictions": [], "key": None}
+        self._import = _Import(worker, message, total,
+                               _LogTail(worker.log_path, 200) if worker is not None else None)
         self._import_note = self._import_error = None
 
     def end_import(self, error: Optional[str] = None, note: Optional[str] = None) -> None:
@@ -476,13 +487,14 @@ class RunMonitor:
         if reader is None:
             return
         t0 = time.perf_counter()
+        start = reader.offset
         for ev in reader.poll_latest(_LATEST_ONLY_KINDS, budget,
                                      None if budget is None else 4 * self.chunk_bytes):
             self._fold(ev)
             self.events_read += 1
-        if budget is not None and time.perf_counter() - t0 >= budget and \
-                reader.offset < reader.file_size:
-            self._catching_up = True
+        if reader.offset != start and budget is not None and \
+                time.perf_counter() - t0 >= budget and reader.offset < reader.file_size:
+            self._catching_up = True  # the fast path used this poll's time
             return
         more = False
         while True:
@@ -528,8 +540,8 @@ class RunMonitor:
         worker = self._worker
         worker_ended = worker is not None and worker.started and not worker.running
         imp = self._import
-        import_ended = (imp is not None and imp["worker"] is not None
-                        and not imp["worker"].running)
+        import_ended = (imp is not None and imp.worker is not None
+                        and not imp.worker.running)
         if self.run_dir is not None:
             self._read_job()  # one stat unless job.json changed (written after attaching)
             self._read_events(budget_s)
@@ -838,14 +850,14 @@ class RunMonitor:
             v.error = self._import_error
             return "failed", f"Failed: {self._import_error}"
         imp = self._import
-        w = imp["worker"]
+        w = imp.worker
         if w is not None:
-            text = imp["log"].read(getattr(w, "log_start", 0))
-            if text != imp["key"]:
+            text = imp.log.read(getattr(w, "log_start", 0))
+            if text != imp.log_read:
                 from .worker_process import parse_predict_log
-                imp["key"] = text
-                imp["predictions"] = parse_predict_log(text)
-            v.predictions = list(imp["predictions"])
+                imp.log_read = text
+                imp.written = parse_predict_log(text)
+            v.predictions = list(imp.written)
             v.log_tail = text
             if import_ended:
                 if w.returncode != 0:
@@ -856,10 +868,10 @@ class RunMonitor:
                 n = len(v.predictions)
                 return "importing", (f"{n} result{'s' if n != 1 else ''} written: loading "
                                      f"{'them' if n != 1 else 'it'} into the scene\u2026")
-            total, n = imp["total"], len(v.predictions)
+            total, n = imp.total, len(v.predictions)
             count = (f" ({n} of {total} written)" if total else
                      f" ({n} written)" if n else "")
-            base = (imp["message"] or "Predicting with TEA").rstrip("\u2026. ")
+            base = (imp.message or "Predicting with TEA").rstrip("\u2026. ")
             return "importing", f"{base}{count}\u2026"
         v.import_ready = True
-        return "importing", imp["message"] or "Importing the results into the scene\u2026"
+        return "importing", imp.message or "Importing the results into the scene\u2026"

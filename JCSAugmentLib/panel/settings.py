@@ -1,8 +1,11 @@
 """The panel's training settings and the ``job.json`` they make.
 
 :class:`PanelSettings` holds what the panel's widgets edit; :func:`build_job` turns it and the
-exported cases into a job dict that :meth:`Job.from_dict` accepts (it is validated before it is
-returned, so a mistake surfaces as a :class:`~JCSAugmentLib.run.job.JobError` naming the field).
+exported cases (:func:`build_dataset_job`: a dataset folder) into a job dict that
+:meth:`Job.from_dict` accepts (it is validated before it is returned, so a mistake surfaces as a
+:class:`~JCSAugmentLib.run.job.JobError` naming the field).  Which job field each setting is
+comes from :class:`~JCSAugmentLib.run.job_builder.TrainSettings`
+(:meth:`PanelSettings.train_settings`), the mapping the command line uses too.
 
 Budget: ``epochs`` always bounds the run (and sets the length of the learning-rate schedule);
 ``minutes`` (None = no time limit) adds ``job.time_budget_minutes``: the worker then stops
@@ -27,11 +30,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..run.job import BACKBONES, INITS, MODES, SCHEMA, Job
+from ..run.job import BACKBONES, DEVICE_PATTERN, INITS, MODES, Job
+from ..run.job_builder import TrainSettings, new_job
 from .cases import SPLITS, auto_split, normalise_split
 
-__all__ = ["PanelSettings", "build_job", "settings_from_job", "new_run_dir", "job_device",
-           "MODE_LABELS", "BACKBONE_LABELS"]
+__all__ = ["PanelSettings", "build_job", "build_dataset_job", "settings_from_job",
+           "new_run_dir", "job_device", "MODE_LABELS", "BACKBONE_LABELS"]
 
 #: what the panel's mode combo box shows for each trainer mode
 MODE_LABELS = {
@@ -47,7 +51,6 @@ MODE_LABELS = {
 }
 BACKBONE_LABELS = {"unet3d": "3D U-Net", "deepmedic": "DeepMedic"}
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 @dataclass
@@ -105,7 +108,7 @@ class PanelSettings:
         if self.minutes is not None and not (_number(self.minutes) and self.minutes > 0):
             out.append(f"The time budget must be more than 0 minutes (got {self.minutes!r}); "
                        f"leave it empty for no time limit.")
-        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device.strip().lower()):
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device.strip().lower()):
             out.append(f"Unknown device {self.device!r}: choose auto, cpu or cuda:N.")
         if not self.output_folder or not str(self.output_folder).strip():
             out.append("Choose an output folder for the run.")
@@ -125,6 +128,29 @@ class PanelSettings:
             out.append("Mode 'TEA only' learns test-time augmentation for a trained model: "
                        "choose that model's checkpoint.")
         return out
+
+    def train_settings(self) -> TrainSettings:
+        """These settings as the engine's :class:`TrainSettings` (the job fields they set):
+        None stays "the engine's default"; the device as the job records it
+        (:func:`job_device`)."""
+        return TrainSettings(
+            backbone=self.backbone, mode=self.mode, init=self.init, epochs=int(self.epochs),
+            time_budget_minutes=None if self.minutes is None else float(self.minutes),
+            device=job_device(self.device), seed=int(self.seed),
+            patch_size=None if self.patch_size is None else [int(v) for v in self.patch_size],
+            batch_size=None if self.batch_size is None else int(self.batch_size),
+            iterations_per_epoch=(None if self.iterations_per_epoch is None
+                                  else int(self.iterations_per_epoch)),
+            pretrained=os.fspath(self.pretrained) if self.pretrained else None,
+            tea_at_inference=self.tea_at_inference,
+            predict_splits=list(self.predict_splits))
+
+    def _check_for_job(self) -> None:
+        """Raise ValueError with the problems that stop a job (the output folder is the GUI's
+        business, where job.json goes, not the job's)."""
+        problems = [p for p in self.problems() if not p.startswith("Choose an output folder")]
+        if problems:
+            raise ValueError(" ".join(problems))
 
 
 def _positive_int(v) -> bool:
@@ -155,11 +181,7 @@ def build_job(case_dicts: Sequence[Mapping[str, Any]], settings: PanelSettings) 
 
     Raises ``ValueError`` (``JobError`` is one) with a sentence on a problem.
     """
-    problems = settings.problems()
-    # the output folder is the GUI's business (where job.json goes), not the job's
-    problems = [p for p in problems if not p.startswith("Choose an output folder")]
-    if problems:
-        raise ValueError(" ".join(problems))
+    settings._check_for_job()
     cases = [dict(c) for c in case_dicts]
     if not cases:
         raise ValueError("There are no cases: add at least two labelled volumes.")
@@ -197,29 +219,31 @@ def build_job(case_dicts: Sequence[Mapping[str, Any]], settings: PanelSettings) 
     if not job_cases:
         raise ValueError("Every case is marked unused: put cases in the train and validation "
                          "splits.")
-    training: Dict[str, Any] = {"mode": settings.mode, "init": settings.init,
-                                "epochs": int(settings.epochs)}
-    if settings.iterations_per_epoch is not None:
-        training["iterations_per_epoch"] = int(settings.iterations_per_epoch)
-    if settings.batch_size is not None:
-        training["batch_size"] = int(settings.batch_size)
-    if settings.pretrained:
-        training["pretrained"] = os.fspath(settings.pretrained)
-    model: Dict[str, Any] = {"backbone": settings.backbone}
-    if settings.patch_size is not None:
-        model["patch_size"] = [int(v) for v in settings.patch_size]
-    d = {
-        "schema": SCHEMA,
-        "data": {"cases": job_cases, "splits": splits, "split_seed": int(settings.seed)},
-        "model": model,
-        "training": training,
-        "inference": {"tea": settings.tea_at_inference,
-                      "predict": list(settings.predict_splits)},
-        "device": job_device(settings.device),
-        "seed": int(settings.seed),
-        "time_budget_minutes": None if settings.minutes is None else float(settings.minutes),
-    }
-    return Job.from_dict(d).to_dict()
+    data = {"cases": job_cases, "splits": splits, "split_seed": int(settings.seed)}
+    return new_job(data, settings.train_settings()).to_dict()
+
+
+def build_dataset_job(folder: str, settings: PanelSettings,
+                      split_fractions: Optional[Mapping[str, float]] = None,
+                      split_seed: int = 0) -> Dict[str, Any]:
+    """A validated ``job.json`` dict for a dataset folder (nnU-Net v2 raw or Medical
+    Segmentation Decathlon: a folder with ``dataset.json``); the worker draws the splits from
+    ``split_fractions`` (scaled to add up to 1; default the settings') and ``split_seed``.
+
+    Raises ``ValueError`` with a sentence when the folder is not a dataset or a setting is
+    wrong."""
+    settings._check_for_job()
+    if not folder or not os.path.isdir(folder):
+        raise ValueError(f"Choose a dataset folder (a folder with dataset.json); {folder!r} "
+                         f"is not a folder.")
+    if not os.path.isfile(os.path.join(folder, "dataset.json")):
+        raise ValueError(f"{folder} has no dataset.json: choose an nnU-Net v2 raw or "
+                         f"Medical Segmentation Decathlon dataset folder.")
+    fractions = dict(split_fractions or settings.split_fractions)
+    total = sum(fractions.values()) or 1.0
+    data = {"dataset": os.path.abspath(folder), "split_seed": int(split_seed),
+            "split_fractions": {k: v / total for k, v in fractions.items()}}
+    return new_job(data, settings.train_settings()).to_dict()
 
 
 def settings_from_job(job: Any, output_folder: str = "") -> PanelSettings:
@@ -227,14 +251,13 @@ def settings_from_job(job: Any, output_folder: str = "") -> PanelSettings:
     run folder; cases and splits are not part of the settings."""
     if isinstance(job, Mapping):
         job = Job.from_dict(dict(job))
-    t, m = job.training, job.model
+    t = TrainSettings.from_job(job)
     return PanelSettings(
-        backbone=m.backbone, mode=t.mode, init=t.init, epochs=t.epochs,
-        minutes=job.time_budget_minutes, device=job.device, output_folder=output_folder,
-        seed=job.seed, patch_size=None if m.patch_size is None else list(m.patch_size),
-        batch_size=t.batch_size, iterations_per_epoch=t.iterations_per_epoch,
-        pretrained=t.pretrained, tea_at_inference=job.inference.tea,
-        predict_splits=list(job.inference.predict),
+        backbone=t.backbone, mode=t.mode, init=t.init, epochs=t.epochs,
+        minutes=t.time_budget_minutes, device=t.device, output_folder=output_folder,
+        seed=t.seed, patch_size=t.patch_size, batch_size=t.batch_size,
+        iterations_per_epoch=t.iterations_per_epoch, pretrained=t.pretrained,
+        tea_at_inference=t.tea_at_inference, predict_splits=list(t.predict_splits),
         split_fractions=dict(job.data.split_fractions))
 
 

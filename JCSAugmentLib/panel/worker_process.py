@@ -3,16 +3,17 @@
 Training runs in its own process, started with Slicer's own interpreter (``PythonSlicer``), so
 the GUI never blocks and GPU memory is freed when the process ends::
 
-    PythonSlicer -m JCSAugmentLib train RUN_DIR [--resume]
+    PythonSlicer -m JCSAugmentLib train RUN_DIR [--resume | --restart]
 
-- Its stdout and stderr are appended to ``RUN_DIR/worker.log`` (a file, not a pipe: nothing can
-  fill up and block, and no reader thread is needed); :meth:`WorkerProcess.log_tail` and
-  :meth:`WorkerProcess.exit_reason` read it back.
+- Its stdout and stderr are appended to the run folder's worker log (``RunFolder.
+  worker_log_path``: a file, not a pipe: nothing can fill up and block, and no reader thread
+  is needed); :meth:`WorkerProcess.log_tail` and :meth:`WorkerProcess.exit_reason` read it
+  back.
 - POSIX: the process starts a new session (``start_new_session=True``), so it and everything
   it starts (``PythonSlicer`` is a launcher: the real python is its child; ``torchrun`` ranks)
   share one process group that :meth:`~WorkerProcess.kill` ends with ``os.killpg``.  Windows:
   ``CREATE_NEW_PROCESS_GROUP`` and ``taskkill /T /F`` for the tree.
-- Stopping: first the cooperative request (the run folder's ``stop`` file: the worker saves a
+- Stopping: first the cooperative request (the run folder's stop request: the worker saves a
   checkpoint and the policies between iterations and finishes with reason "stopped"), then, if
   it has not ended within ``timeout``, SIGTERM to the group (the worker treats it as a stop
   request too), then SIGKILL.  :meth:`~WorkerProcess.stop` does this blocking (scripts, tests,
@@ -35,13 +36,13 @@ import sys
 import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from ..run.control import pid_alive, read_lock, request_stop
+from ..run.control import pid_alive
+from ..run.folder import RunFolder
+from ..run.job import TEA_CHOICES
 
 __all__ = ["WorkerProcess", "find_python_slicer", "predict_command", "train_command",
            "worker_env", "describe_exit", "run_folder_busy", "parse_predict_log",
-           "LOG_FILE", "PACKAGE_PARENT"]
-
-LOG_FILE = "worker.log"
+           "PACKAGE_PARENT"]
 #: the folder that holds the JCSAugmentLib package (put on the worker's PYTHONPATH)
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -73,33 +74,49 @@ def find_python_slicer() -> str:
 
 
 def train_command(run_dir: str, python: Optional[str] = None, resume: bool = False,
-                  extra_args: Sequence[str] = ()) -> List[str]:
-    """``[python, -m, JCSAugmentLib, train, RUN_DIR, (--resume), *extra_args]``."""
+                  extra_args: Sequence[str] = (), restart: bool = False) -> List[str]:
+    """``[python, -m, JCSAugmentLib, train, RUN_DIR, (--resume | --restart), *extra_args]``.
+
+    ``restart``: start a folder that holds a checkpoint again from iteration 0 (the worker
+    keeps the old checkpoints in ``checkpoints/before-restart-TIME/``); without it (or
+    ``resume``) the worker refuses such a folder."""
+    if resume and restart:
+        raise ValueError("resume continues the run, restart starts it again: choose one")
     cmd = [python or find_python_slicer(), "-m", "JCSAugmentLib", "train",
            os.path.abspath(run_dir)]
     if resume:
         cmd.append("--resume")
+    if restart:
+        cmd.append("--restart")
     return cmd + [str(a) for a in extra_args]
 
 
-def predict_command(run_dir: str, images: Sequence, out_dir: str, tea: str = "learned",
-                    uncertainty: bool = False, python: Optional[str] = None,
-                    checkpoint: str = "best", device: Optional[str] = None,
-                    z: Optional[int] = None) -> List[str]:
-    """``python -m JCSAugmentLib predict --run RUN --image F ... --out DIR --tea TEA``.
+def predict_command(run_dir: str, images: Optional[Sequence], out_dir: str,
+                    tea: str = "learned", uncertainty: bool = False,
+                    python: Optional[str] = None, checkpoint: str = "best",
+                    device: Optional[str] = None, z: Optional[int] = None,
+                    split: Optional[str] = None) -> List[str]:
+    """``python -m JCSAugmentLib predict --run RUN (--image F ... | --split S) --out DIR
+    --tea TEA ...``: the one place the panel and the Slicer module build a predict command.
 
     ``images``: one entry per case, a path or a list of channel paths (joined by commas, as the
-    command line wants).  ``device`` ``cuda:N`` is passed as ``--device cuda``: start the
+    command line wants); or None with ``split`` (``"test"``): every case of that split of the
+    run's dataset folder.  ``device`` ``cuda:N`` is passed as ``--device cuda``: start the
     command with ``WorkerProcess.for_command(..., device="cuda:N")`` so the environment names
-    that GPU.
+    that GPU; ``"auto"`` (the command's default) is left out.
     """
-    if tea not in ("learned", "heuristic", "none"):
+    if tea not in TEA_CHOICES:
         raise ValueError(f"tea must be learned, heuristic or none, got {tea!r}")
-    if not images:
+    if (images is None) == (split is None):
+        raise ValueError("give the images to predict, or a split of the run's dataset "
+                         "(not both)")
+    if images is not None and not images:
         raise ValueError("no images to predict")
     cmd = [python or find_python_slicer(), "-m", "JCSAugmentLib", "predict",
            "--run", os.path.abspath(run_dir)]
-    for case in images:
+    if split is not None:
+        cmd += ["--split", str(split)]
+    for case in images or ():
         files = [case] if isinstance(case, (str, os.PathLike)) else list(case)
         if not files:
             raise ValueError("a case without image files")
@@ -113,8 +130,8 @@ def predict_command(run_dir: str, images: Sequence, out_dir: str, tea: str = "le
         cmd.append("--uncertainty")
     if z is not None:
         cmd += ["--z", str(int(z))]
-    if device:
-        d = device.strip().lower()
+    d = (device or "auto").strip().lower()
+    if d != "auto":
         cmd += ["--device", "cuda" if d.startswith("cuda:") else d]
     return cmd
 
@@ -166,9 +183,10 @@ def worker_env(device: Optional[str] = None, base: Optional[Mapping[str, str]] =
     return env
 
 
-def run_folder_busy(run_dir: str) -> Optional[str]:
-    """A sentence when a live worker holds ``run_dir`` (its ``run.lock``), else None."""
-    rec = read_lock(run_dir)
+def run_folder_busy(run: "str | RunFolder") -> Optional[str]:
+    """A sentence when a live worker holds the run folder (its lock), else None."""
+    run_dir = os.fspath(run)
+    rec = RunFolder(run).lock_record()
     if not rec:
         return None
     pid = rec.get("pid")
@@ -296,8 +314,9 @@ def _group_alive(pgid: int) -> bool:
 class WorkerProcess:
     """A worker process (training by default, or any command with :meth:`for_command`).
 
-    ``run_dir``: the run folder (the log goes to ``RUN_DIR/worker.log``).  ``python``: the
-    interpreter (default :func:`find_python_slicer`).  ``resume``: ``--resume``.  ``device``:
+    ``run_dir``: the run folder (the log goes to its worker log).  ``python``: the
+    interpreter (default :func:`find_python_slicer`).  ``resume``: ``--resume``; ``restart``:
+    ``--restart`` (see :func:`train_command`).  ``device``:
     the panel's device choice; ``"cuda:N"`` sets ``CUDA_VISIBLE_DEVICES``.  ``env``: extra
     environment variables.  Nothing happens until :meth:`start`.
     """
@@ -305,13 +324,14 @@ class WorkerProcess:
     def __init__(self, run_dir: Optional[str], python: Optional[str] = None,
                  resume: bool = False, extra_args: Sequence[str] = (),
                  device: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
-                 log_path: Optional[str] = None, what: str = "worker"):
-        self.run_dir = None if run_dir is None else os.path.abspath(run_dir)
-        self.command: List[str] = (train_command(self.run_dir, python, resume, extra_args)
+                 log_path: Optional[str] = None, what: str = "worker", restart: bool = False):
+        self.run_dir = None if run_dir is None else os.fspath(RunFolder(run_dir))
+        self.command: List[str] = (train_command(self.run_dir, python, resume, extra_args,
+                                                 restart=restart)
                                    if self.run_dir is not None else [])
         if log_path is None and self.run_dir is None:
             raise ValueError("give a run folder or a log path")
-        self.log_path = os.path.abspath(log_path or os.path.join(self.run_dir, LOG_FILE))
+        self.log_path = os.path.abspath(log_path or RunFolder(self.run_dir).worker_log_path)
         self.cwd = self.run_dir
         self.device = device
         self.extra_env = dict(env or {})
@@ -438,11 +458,11 @@ class WorkerProcess:
 
     # -- stopping
     def request_stop(self, reason: str = "user") -> bool:
-        """Ask the worker to stop after its current iteration (the run folder's stop file);
+        """Ask the worker to stop after its current iteration (the run folder's stop request);
         False when there is no run folder to ask through."""
         if self.run_dir is None:
             return False
-        request_stop(self.run_dir, reason)
+        RunFolder(self.run_dir).request_stop(reason)
         return True
 
     def begin_stop(self, timeout: float = 30.0, term_grace: float = 10.0,

@@ -51,6 +51,8 @@ CHECKPOINT_DIR = "checkpoints"
 CACHE_DIR = "cache"
 WORKER_LOG = "worker.log"
 RANKS_DIR = "ranks"
+#: where the Slicer module exports the cases of its case table (the job names them relative)
+INPUTS_DIR = "inputs"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 #: where ``--restart`` keeps the checkpoints of the run it restarts (inside checkpoints/)
@@ -203,6 +205,12 @@ class RunFolder:
     @property
     def predictions_dir(self) -> str:
         return self.file(PREDICTIONS_DIR)
+
+    @property
+    def inputs_dir(self) -> str:
+        """``inputs/``: the case files a GUI exported for this run (the worker only reads
+        them, through the paths in job.json)."""
+        return self.file(INPUTS_DIR)
 
     @property
     def ranks_dir(self) -> str:

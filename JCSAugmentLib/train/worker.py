@@ -114,9 +114,10 @@ def run_worker(run: "str | RunFolder", resume: bool = False, quiet: bool = False
     stream = None if quiet else errors
     folder = as_run_folder(run)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if not is_main:  # the other ranks read what rank 0 checked; they write nothing
+    if not is_main:  # the other ranks run what rank 0 checks and writes; they write nothing
         try:
-            job = _job_to_run(folder, overrides, new_job, resume)
+            base = new_job if new_job is not None else folder.job()
+            job = base.with_overrides(dict(overrides)) if overrides else base
         except (JobError, WorkerRefused) as e:
             errors.write(f"jcsaugment train: error: {e}\n")
             return EXIT_REFUSED

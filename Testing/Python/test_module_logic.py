@@ -267,3 +267,18 @@ def test_train_curves_pictures_preview_and_predict(module, scene, tmp_path):
         job["inference"]["tea"] = "auto"
         (heuristic_run / "job.json").write_text(json.dumps(job))
         logic.startPrediction(str(heuristic_run), [], tea="learned")
+
+    # Start (not Resume) on the finished run: it trains again from iteration 0 and the worker
+    # keeps the first run's checkpoints (the logic passes --restart, which it would refuse
+    # without)
+    from JCSAugmentLib.run.folder import RunFolder
+    folder = RunFolder(run)
+    worker = logic.startTraining(run, "cpu", wait=True, timeout=900)
+    again = logic.viewState(run, worker)
+    assert again.state == "done", f"{again.message}\n{again.error}\n{again.log_tail}"
+    assert "--restart" in worker.command and again.iteration == 2
+    (kept,) = [n for n in os.listdir(folder.checkpoints_dir) if n.startswith("before-restart-")]
+    assert sorted(os.listdir(os.path.join(folder.checkpoints_dir, kept))) == ["best.pt",
+                                                                               "last.pt"]
+    assert any("previous checkpoints were kept" in w for w in again.warnings)
+    assert folder.pick_checkpoint("best").iteration == 2

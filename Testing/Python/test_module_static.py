@@ -552,15 +552,18 @@ def test_settings_from_the_parameter_node(module, tmp_path):
 
 def test_dataset_folder_job(module, tmp_path):
     from JCSAugmentLib.panel.settings import PanelSettings
-    from JCSAugmentLib.run.job import Job
-    settings = PanelSettings(mode="joint", epochs=2, device="cuda:0", output_folder=str(tmp_path),
-                             patch_size=[32, 32, 32], minutes=5.0)
+    from JCSAugmentLib.run.folder import RunFolder
+    settings = PanelSettings(mode="joint", epochs=2, device="cuda:0",
+                             output_folder=str(tmp_path / "out"), patch_size=[32, 32, 32],
+                             minutes=5.0)
+    logic = module.JCSAugmentLogic()
     with pytest.raises(ValueError, match="dataset.json"):
-        module.JCSAugmentLogic._datasetJob(str(tmp_path), settings, {"train": 1.0}, 0)
+        logic.prepareRun(settings, datasetFolder=str(tmp_path), splitFractions={"train": 1.0})
     (tmp_path / "dataset.json").write_text("{}")
-    d = module.JCSAugmentLogic._datasetJob(str(tmp_path), settings,
-                                           {"train": 3.0, "validation": 1.0, "test": 1.0}, 7)
-    job = Job.from_dict(d)
+    run = logic.prepareRun(settings, datasetFolder=str(tmp_path),
+                           splitFractions={"train": 3.0, "validation": 1.0, "test": 1.0},
+                           splitSeed=7)
+    job = RunFolder(run).job()
     assert job.data.dataset == str(tmp_path) and job.data.split_seed == 7
     assert job.data.split_fractions == {"train": 0.6, "validation": 0.2, "test": 0.2}
     assert (job.device, job.training.epochs, job.model.patch_size) == ("cuda", 2, [32, 32, 32])
@@ -575,13 +578,43 @@ def test_preview_arrays(module, tmp_path):
                         foreground_labels=rng.integers(0, 2, (4, 6, 7, 8)),
                         background_images=rng.normal(size=(4, 1, 6, 7, 8)),
                         background_labels=np.zeros((4, 6, 7, 8), np.int64))
-    arrays = module.JCSAugmentLogic.previewArrays(str(path), gap=2)
+    from JCSAugmentLib.run.folder import load_preview_arrays
+    arrays = module.JCSAugmentLogic.previewArrays(load_preview_arrays(str(path)), gap=2)
     assert set(arrays) == {"foreground patches", "foreground labels", "background patches",
                            "background labels"}
     image, matrix = arrays["foreground patches"]
     labels, _ = arrays["foreground labels"]
     assert matrix is None and image.shape == labels.shape == (6, 7, 4 * 8 + 3 * 2)
     assert image.dtype == np.float32 and np.issubdtype(labels.dtype, np.integer)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for PythonSlicer")
+def test_start_on_a_folder_with_a_checkpoint_starts_it_again_and_keeps_them(module, tmp_path):
+    """The user pressed Start, not Resume: the logic passes --restart (the worker then keeps
+    the old checkpoints in checkpoints/before-restart-TIME/), never a bare start the worker
+    would refuse; --resume when resuming; and it can refuse instead."""
+    from JCSAugmentLib.run.folder import RunFolder
+    run = RunFolder(tmp_path / "run")
+    run.save_job({"schema": 1, "data": {"dataset": str(tmp_path)}})
+    python = tmp_path / "PythonSlicer"  # says what it was asked to run, in the worker log
+    python.write_text("#!/bin/sh\necho \"ARGS $*\"\n")
+    python.chmod(0o755)
+    logic = module.JCSAugmentLogic()
+
+    def started(**kw):
+        worker = logic.startTraining(run.path, "cpu", python=str(python), wait=True,
+                                     timeout=60, **kw)
+        return [line for line in worker.log_tail(5).splitlines() if line.startswith("ARGS")][-1]
+
+    assert started() == f"ARGS -m JCSAugmentLib train {run.path}"  # a new folder: plain start
+    os.makedirs(run.checkpoints_dir)
+    with open(run.checkpoint_path("last"), "wb") as f:
+        f.write(b"a checkpoint")
+    assert started() == f"ARGS -m JCSAugmentLib train {run.path} --restart"
+    assert started(resume=True) == f"ARGS -m JCSAugmentLib train {run.path} --resume"
+    with pytest.raises(ValueError, match="Resume continues that run"):
+        logic.startTraining(run.path, "cpu", python=str(python), restart=False)
+    assert run.has_checkpoint()  # nothing was moved or removed by the logic itself
 
 
 def test_requirements_helpers(deps, tmp_path):

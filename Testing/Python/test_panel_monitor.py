@@ -275,12 +275,17 @@ def test_a_folder_from_another_version_says_so(tmp_path):
     with open(os.path.join(run, "job.json"), "w") as f:
         json.dump({"schema": 2, "data": {"dataset": "x"}}, f)
     view = monitor_of(run).poll()
-    assert view.state == "failed"
-    assert "newer JCSAugment (job.json schema 2)" in view.error and "schema 1" in view.error
+    assert view.state == "failed"  # the message is job.py's, the same a command prints
+    assert "schema 2 is newer than this JCSAugment (reads 1)" in view.error
+    assert "update JCSAugment" in view.error and view.message == view.error
     with open(os.path.join(run, "job.json"), "w") as f:
         json.dump({"data": {"dataset": "x"}}, f)
     view = monitor_of(run).poll()
-    assert view.state == "failed" and "no schema" in view.error
+    assert view.state == "failed" and "schema: missing: no schema" in view.error
+    # written by an older engine with a finished run: still says why, whatever the events say
+    write_session(run, 10, finish="completed", status=False)
+    view = monitor_of(run).poll_until_current()
+    assert view.state == "failed" and "schema: missing" in view.error
 
 
 def test_idle_states(tmp_path):
@@ -520,3 +525,125 @@ def test_gui_modules_import_neither_torch_nor_numpy():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ----------------------------------------------------------------------------- typed events
+
+def test_fields_of_the_wrong_type_read_as_unknown_and_never_break_the_view(tmp_path):
+    """A damaged or foreign events file: every field has the wrong type.  The monitor folds
+    the typed events (a wrong-typed field is its default) and shows what it can."""
+    run = make_run(tmp_path)
+    lines = [
+        {"t": "noon", "kind": "started", "seq": 1, "job": 5, "info": "cpu", "pid": "abc"},
+        {"t": 2.0, "kind": "progress", "seq": 2, "epoch": "one", "iteration": "ten",
+         "of": [100], "losses": [0.5], "speed": "fast", "eta": "soon"},
+        {"t": 3.0, "kind": "progress", "seq": 3, "epoch": 0, "iteration": 4, "of": 100,
+         "losses": {"train": "low", "val": 0.25}, "speed": 2.0},
+        {"t": 4.0, "kind": "validation", "seq": 4, "epoch": "x", "metrics": "good"},
+        {"t": 5.0, "kind": "validation", "seq": 5, "epoch": 0,
+         "metrics": {"dice_foreground": "hi"}},
+        {"t": 6.0, "kind": "policy", "seq": 6, "iteration": "z", "tra": [1], "tea": "x"},
+        {"t": 7.0, "kind": "preview", "seq": 7, "iteration": 4, "files": 7},
+        {"t": 8.0, "kind": "checkpoint", "seq": 8, "iteration": "z", "path": 5},
+        {"t": 9.0, "kind": "warning", "seq": 9, "message": 12},
+        {"t": 9.5, "kind": "from-a-newer-version", "seq": 10, "whatever": 1},
+        {"t": 9.7, "kind": "progress", "seq": 10, "epoch": [0], "iteration": "five",
+         "of": "100", "losses": {"val": 0.2}, "speed": {}},
+        {"t": 10.0, "kind": "error", "seq": 11, "message": None, "traceback": 5},
+        {"t": 11.0, "kind": "finished", "seq": 12, "reason": "failed", "outputs": ["x"],
+         "summary": "s"},
+    ]
+    with open(os.path.join(run, "events.jsonl"), "w") as f:
+        f.write("".join(json.dumps(d) + "\n" for d in lines))
+    view = monitor_of(run).poll_until_current()
+    assert view.state == "failed" and view.error == "the run failed" and view.traceback is None
+    # the last progress line says no iteration: the curves keep what the others said
+    assert view.iteration == 0 and view.total == 100 and view.speed is None
+    assert view.loss_curves == {"val": [(4, 0.25)]} and view.last_losses["val"] == 0.25
+    assert view.dice_curve == [] and view.device is None and view.pid is None
+    assert view.checkpoint is None and view.checkpoint_iteration is None
+    assert view.preview_files == {} and view.policy["tra"] == {} and view.policy["tea"] is None
+    assert "12" in view.warnings and view.outputs == {} and view.summary == {}
+    assert any("train loss is not a finite number" in w for w in view.warnings)
+
+
+def _long_run(tmp_path, n=4000):
+    run = make_run(tmp_path, epochs=40, ipe=100)
+    w = EventWriter(run, fsync=False)
+    w.started(job_dict(40, 100), {"device": "cpu", "resumed_from": None})
+    for i in range(1, n + 1):
+        w.progress((i - 1) // 100, i, 4000, {"train": 1 / i, "val": 2 / i}, 4.0,
+                   eta=(4000 - i) / 4)
+        w.policy(i, TRA, TEA)
+        if i % 100 == 0:
+            w.preview(i, {"png": os.path.join(run, "previews", "preview_latest.png")})
+            w.validation(i // 100 - 1, {"dice_foreground": i / n})
+            w.checkpoint(i, os.path.join(run, "checkpoints", "last.pt"))
+        if i % 1000 == 0:
+            w.warning(f"note {i}")
+    w.close()
+    write_status(run, {"state": "running", "pid": LIVE_PID})
+    return run
+
+
+_VIEW_FIELDS = ("state", "message", "iteration", "total", "epoch", "epochs", "speed",
+                "loss_curves", "dice_curve", "best_dice", "last_losses", "policy",
+                "policy_iteration", "preview_files", "preview_iteration", "warnings",
+                "checkpoint", "checkpoint_iteration", "device", "pid", "error")
+
+
+def test_the_fast_catch_up_gives_the_view_of_a_slow_full_read(tmp_path, monkeypatch):
+    """Re-attaching by GUI ticks goes through EventReader.poll_latest (the monitor reads no
+    file itself); the view it ends with is the one of reading every event one by one."""
+    from JCSAugmentLib.run.events import EventReader
+    run = _long_run(tmp_path)
+    assert os.path.getsize(os.path.join(run, "events.jsonl")) > 8 * EventReader.LATEST_MIN_BACKLOG
+    calls = []
+    real = EventReader.poll_latest
+
+    def counting(self, *a, **kw):
+        for ev in real(self, *a, **kw):
+            calls.append(ev.kind)
+            yield ev
+
+    with monkeypatch.context() as m:  # slow: no fast path, every event parsed
+        m.setattr(EventReader, "LATEST_MIN_BACKLOG", 1 << 60)
+        slow = monitor_of(run, max_points=500).poll_until_current()
+    monkeypatch.setattr(EventReader, "poll_latest", counting)
+    gui = RunMonitor(run, max_points=500, chunk_bytes=16 * 1024)
+    ticks = 0
+    view = gui.poll()
+    while view.catching_up:
+        ticks += 1
+        view = gui.poll()
+    assert ticks > 1 and calls.count("progress") > 3000
+    assert calls.count("policy") < 400  # thinned: the view shows only the latest
+    for name in _VIEW_FIELDS:
+        assert getattr(view, name) == getattr(slow, name), name
+    assert view.state == "running" and view.iteration == 4000 and view.policy_iteration == 4000
+    assert gui.events_read < slow.iteration * 2 < len(calls) * 3
+
+
+def test_the_monitor_asks_the_folder_and_the_reader_through_their_public_api():
+    """No private field of the EventReader is read or written, and no run-folder file is
+    opened by name: the monitor asks its RunFolder."""
+    import ast
+    path = os.path.join(ROOT, "JCSAugmentLib", "panel", "monitor.py")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+
+    def is_reader(node):
+        return (isinstance(node, ast.Name) and node.id == "reader") or (
+            isinstance(node, ast.Attribute) and node.attr == "_reader")
+
+    private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+               and is_reader(n.value) and n.attr.startswith("_")]
+    written = [t.attr for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AugAssign))
+               for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+               if isinstance(t, ast.Attribute) and is_reader(t.value)]
+    opening = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+               for n in ast.walk(f) if isinstance(n, ast.Call)
+               and getattr(n.func, "id", None) == "open"}
+    assert private == [] and written == []
+    # only the log tail (a path the folder or the worker gave) and /proc/PID/cmdline
+    assert opening == {"read", "_looks_like_worker"}

@@ -273,6 +273,19 @@ def test_train_and_predict_commands(tmp_path):
     from JCSAugmentLib.cli import build_parser  # the command line accepts what we build
     args = build_parser().parse_args(cmd[3:])
     assert args.image == ["/d/a.nrrd", "/d/b_t1.nrrd,/d/b_t2.nrrd"] and args.uncertainty
+    # a dataset-folder run's own test split: the same builder (the Slicer logic uses it)
+    cmd = predict_command(str(tmp_path / "run"), None, str(tmp_path / "out"), tea="none",
+                          python="py", device="auto", split="test")
+    assert cmd == ["py", "-m", "JCSAugmentLib", "predict", "--run", str(tmp_path / "run"),
+                   "--split", "test", "--out", str(tmp_path / "out"), "--tea", "none",
+                   "--checkpoint", "best"]
+    assert build_parser().parse_args(cmd[3:]).split == "test"
+    with pytest.raises(ValueError, match="not both"):
+        predict_command("r", ["a.nrrd"], "o", split="test")
+    w = WorkerProcess(str(tmp_path / "run"), python="py", restart=True)
+    assert w.command[-1] == "--restart" and build_parser().parse_args(w.command[3:]).restart
+    with pytest.raises(ValueError, match="choose one"):
+        WorkerProcess(str(tmp_path / "run"), python="py", resume=True, restart=True)
 
 
 def test_parse_predict_log():
