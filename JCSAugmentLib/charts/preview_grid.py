@@ -61,7 +61,8 @@ _LABEL_COLOURS = (
 _CROSS_COLOUR = "#00ffff"
 
 
-def _label_colour(value: int) -> str:
+def label_colour(value: int) -> str:
+    """The colour a label value is drawn in (the same in every picture of the package)."""
     return _LABEL_COLOURS[(int(value) - 1) % len(_LABEL_COLOURS)]
 
 
@@ -209,7 +210,7 @@ def _draw_cell(ax, cell: dict, window: Tuple[float, float]) -> List[int]:
             if mask.min() == mask.max():
                 continue
             ax.contour(
-                mask, levels=[0.5], colors=[_label_colour(int(v))], linewidths=1.1,
+                mask, levels=[0.5], colors=[label_colour(int(v))], linewidths=1.1,
                 antialiased=True,
             )
             values.append(int(v))
@@ -280,7 +281,7 @@ def _render(prepared, layout: dict, title: Optional[str]) -> bytes:
 
     # legend strip between title and column headers: label colours, centre mark
     handles = [
-        Line2D([], [], color=_label_colour(v), linewidth=2.0, label=f"label {v}")
+        Line2D([], [], color=label_colour(v), linewidth=2.0, label=f"label {v}")
         for v in sorted(seen_labels)
     ]
     handles.append(

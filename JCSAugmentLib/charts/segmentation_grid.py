@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .preview_grid import _label_colour
+from .preview_grid import label_colour
 
 __all__ = ["draw_segmentation_grid", "busiest_slice"]
 
@@ -57,7 +57,7 @@ def draw_segmentation_grid(image: np.ndarray, labels: Mapping[str, np.ndarray],
         lab_sl = np.asarray(lab)[z]
         for value in sorted(int(v) for v in np.unique(lab_sl) if v > 0):
             ax.contour((lab_sl == value).astype(float), levels=[0.5], linewidths=1.2,
-                       colors=[_label_colour(value)])
+                       colors=[label_colour(value)])
         ax.set_title(name, fontsize=8.5)
         ax.set_xticks([])
         ax.set_yticks([])

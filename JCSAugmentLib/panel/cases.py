@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from ..image_files import IMAGE_EXTENSIONS
 from ..run.job import POLICY_MODES  # plain data: imports neither torch nor numpy
 
 __all__ = ["pair_by_name", "pair_report", "PairReport", "name_key", "auto_split",
@@ -47,7 +48,9 @@ LABEL_WORDS = frozenset({
 #: words that mark an image volume (removed from the end of a volume's name)
 IMAGE_WORDS = frozenset({"image", "images", "img", "volume", "vol", "scan", "0000"})
 
-_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd", ".gz")
+# name endings stripped before a name is split into words: the image files the engine reads,
+# Slicer's segmentation files, and a stray compression suffix
+_EXTENSIONS = (".seg.nrrd",) + IMAGE_EXTENSIONS + (".gz",)
 _SPLIT_WORDS = re.compile(r"[^0-9a-z]+")
 
 _SPLIT_ALIASES = {
