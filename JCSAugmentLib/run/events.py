@@ -545,10 +545,17 @@ def read_events(run_dir: str) -> List[Dict[str, Any]]:
 
 
 def _num(v: Any) -> Optional[float]:
+    t = type(v)  # exact types first: this runs for every number of every line read
+    if t is float:
+        return v
+    if t is int:
+        return float(v)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _int(v: Any) -> Optional[int]:
+    if type(v) is int:
+        return v
     if isinstance(v, bool):
         return None
     if isinstance(v, int):
@@ -566,7 +573,7 @@ def _str(v: Any, default: str = "") -> str:
     return v if isinstance(v, str) else default
 
 
-@dataclass(frozen=True)
+@dataclass
 class Event:
     """Fields every event has: unix time ``t``, ``seq`` (1, 2, ... across resumes), and the
     fields this version does not know (``extra``)."""
@@ -584,7 +591,7 @@ class Event:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass
 class Started(Event):
     job: Dict[str, Any] = dataclass_field(default_factory=dict)
     info: Dict[str, Any] = dataclass_field(default_factory=dict)
@@ -596,7 +603,7 @@ class Started(Event):
         return _int(self.info.get("resumed_from"))
 
 
-@dataclass(frozen=True)
+@dataclass
 class Progress(Event):
     epoch: Optional[int] = None
     iteration: Optional[int] = None
@@ -607,14 +614,14 @@ class Progress(Event):
     kind: ClassVar[str] = "progress"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Validation(Event):
     epoch: Optional[int] = None
     metrics: Dict[str, Any] = dataclass_field(default_factory=dict)
     kind: ClassVar[str] = "validation"
 
 
-@dataclass(frozen=True)
+@dataclass
 class PolicyUpdate(Event):
     iteration: Optional[int] = None
     tra: Dict[str, Any] = dataclass_field(default_factory=dict)  # class -> probabilities
@@ -622,14 +629,14 @@ class PolicyUpdate(Event):
     kind: ClassVar[str] = "policy"
 
 
-@dataclass(frozen=True)
+@dataclass
 class PreviewWritten(Event):
     iteration: Optional[int] = None
     files: Dict[str, str] = dataclass_field(default_factory=dict)  # relative to the run folder
     kind: ClassVar[str] = "preview"
 
 
-@dataclass(frozen=True)
+@dataclass
 class CheckpointWritten(Event):
     iteration: Optional[int] = None
     path: Optional[str] = None  # relative to the run folder
@@ -637,20 +644,20 @@ class CheckpointWritten(Event):
     kind: ClassVar[str] = "checkpoint"
 
 
-@dataclass(frozen=True)
+@dataclass
 class WarningEvent(Event):
     message: str = ""
     kind: ClassVar[str] = "warning"
 
 
-@dataclass(frozen=True)
+@dataclass
 class ErrorEvent(Event):
     message: str = ""
     traceback: Optional[str] = None
     kind: ClassVar[str] = "error"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Finished(Event):
     reason: str = ""
     outputs: Dict[str, Any] = dataclass_field(default_factory=dict)
