@@ -32,7 +32,8 @@ import torch.nn.functional as F
 Logits = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 __all__ = ["full_resolution", "per_sample_seg_loss", "batch_soft_dice_loss",
-           "per_sample_soft_dice", "crop_target_to", "downsample_target", "deep_supervision_weights", "LOSS_KINDS"]
+           "per_sample_soft_dice", "crop_target_to", "downsample_target",
+           "deep_supervision_weights", "LOSS_KINDS"]
 
 LOSS_KINDS = ("ce", "dice", "ce+dice")
 SMOOTH = 1e-5

@@ -108,7 +108,8 @@ class PanelSettings:
         if self.minutes is not None and not (_number(self.minutes) and self.minutes > 0):
             out.append(f"The time budget must be more than 0 minutes (got {self.minutes!r}); "
                        f"leave it empty for no time limit.")
-        if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device.strip().lower()):
+        if not isinstance(self.device, str) or \
+                not DEVICE_PATTERN.match(self.device.strip().lower()):
             out.append(f"Unknown device {self.device!r}: choose auto, cpu or cuda:N.")
         if not self.output_folder or not str(self.output_folder).strip():
             out.append("Choose an output folder for the run.")
