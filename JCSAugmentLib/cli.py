@@ -115,12 +115,13 @@ def _cmd_bench(args) -> int:
 def _cmd_train(args) -> int:
     import os
     from .run.folder import RunFolder
-    from .run.job import Job, JobError
-    from .run.job_builder import TrainSettings
+    from .run.job import JobError
+    from .run.job_builder import TrainSettings, new_job as build_new_job
     from .train.worker import run_worker
     # the train options that are settings carry TrainSettings' names (--time-budget's dest
     # included): the job fields they set come from the one mapping in run/job_builder.py
-    overrides = TrainSettings.from_mapping(vars(args)).to_overrides()
+    settings = TrainSettings.from_mapping(vars(args))
+    overrides = settings.to_overrides()
     new_job = None
     if args.dataset or args.out:
         if not (args.dataset and args.out):
@@ -136,10 +137,11 @@ def _cmd_train(args) -> int:
             data = {"dataset": os.path.abspath(args.dataset)}
             if args.splits:
                 data["splits"] = _read_splits(args.splits)
-            try:  # checked here, written by the worker once it holds the folder's lock
-                new_job = Job.from_dict({"schema": 1, "data": data})
+            try:  # checked here as a whole, written by the worker once it holds the lock
+                new_job = build_new_job(data, settings)
             except JobError as e:
                 raise UsageError(str(e)) from None
+            overrides = {}  # already in the new job
     else:
         if not args.run_dir:
             raise UsageError("give a RUN_DIR holding job.json, or --dataset DIR --out RUN_DIR")

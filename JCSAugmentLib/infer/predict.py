@@ -88,7 +88,7 @@ def load_run(run: "str | os.PathLike | RunFolder", checkpoint: str = "best",
     (best, iteration 40)"); a damaged one is an error, never silently replaced by the other."""
     folder = as_run_folder(run)
     try:
-        choice = folder.pick_checkpoint(checkpoint)
+        choice = folder.pick_checkpoint(checkpoint, read_iteration=False)
     except (RunFolderError, ValueError) as e:
         raise PredictionError(str(e)) from None
     try:
@@ -97,6 +97,9 @@ def load_run(run: "str | os.PathLike | RunFolder", checkpoint: str = "best",
         other = "; --checkpoint last predicts with the last checkpoint instead" if \
             choice.which == "best" else ""
         raise PredictionError(f"{e}{other}") from None
+    it = state.get("iteration")
+    choice = dataclasses.replace(
+        choice, iteration=it if isinstance(it, int) and not isinstance(it, bool) else None)
     if progress:
         progress(f"using {choice.describe()}")
     if "network" not in state:

@@ -29,6 +29,7 @@ Imports neither torch nor numpy at import time: the GUI process uses this.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -42,7 +43,7 @@ from .control import (LOCK_FILE, STOP_FILE, RunFolderError, RunLock, check_writa
 from .events import EVENTS_FILE, Event, EventReader, EventWriter, parse_event
 from .job import JOB_FILE, Job, load_job, resolve_path, save_job
 from .status import (STATUS_FILE, SymlinkRefused, atomic_write_json, atomic_write_stream,
-                     read_status, write_status)
+                     read_status, symlink_message, write_status)
 
 POLICY_FILE = "policy.json"
 PREVIEWS_DIR = "previews"
@@ -316,22 +317,17 @@ class RunFolder:
             self.preview_path(e) for e in ("png", "npz", "json")]
         for p in [self.file(n) for n in _WRITTEN_ENTRIES] + inner:
             if os.path.islink(p):
-                raise SymlinkRefused(
-                    40, f"{p} is a symbolic link; JCSAugment does not write through links in a "
-                        f"run folder (it could point outside it): remove the link")
+                raise SymlinkRefused(errno.ELOOP, symlink_message(p))
 
-    def sweep_temp_files(self, older_than_s: float = 0.0) -> List[str]:
+    def sweep_temp_files(self) -> List[str]:
         """Remove the temp files that killed writes left (in the folder, checkpoints/ and
         previews/); returns what was removed.  Only call it holding the lock."""
         removed = []
-        now = time.time()
         for folder in (self.path, self.checkpoints_dir, self.previews_dir):
             for pattern in _TEMP_PATTERNS:
                 for p in glob.glob(os.path.join(glob.escape(folder), pattern)):
                     try:
-                        st = os.lstat(p)
-                        if now - st.st_mtime < older_than_s or not os.path.isfile(p) or \
-                                os.path.islink(p):
+                        if os.path.islink(p) or not os.path.isfile(p):
                             continue
                         os.remove(p)
                         removed.append(p)
@@ -407,21 +403,26 @@ class RunFolder:
             return None
         return it if isinstance(it, int) and not isinstance(it, bool) else None
 
-    def pick_checkpoint(self, which: str = "best") -> CheckpointChoice:
+    def pick_checkpoint(self, which: str = "best",
+                        read_iteration: bool = True) -> CheckpointChoice:
         """The checkpoint to predict with.  ``best`` is the best validated model; when the run
         has none yet (no validation finished) ``last`` is used and ``note`` says so.  Raises
-        :class:`RunFolderError` when there is no checkpoint at all."""
+        :class:`RunFolderError` when there is no checkpoint at all.  ``read_iteration=False``
+        leaves ``iteration`` None for a caller that loads the file anyway (a checkpoint is
+        large: read it once)."""
         if which not in ("best", "last"):
             raise ValueError(f"checkpoint {which!r}: choose 'best' or 'last'")
+
+        def iteration(w):
+            return self.checkpoint_iteration(w) if read_iteration else None
         if which == "best" and os.path.isfile(self.checkpoint_path("best")):
-            return CheckpointChoice(self.checkpoint_path("best"), "best",
-                                    self.checkpoint_iteration("best"))
+            return CheckpointChoice(self.checkpoint_path("best"), "best", iteration("best"))
         if os.path.isfile(self.checkpoint_path("last")):
             note = None if which == "last" else (
                 "the run has no best.pt yet (no validation has finished), so the last "
                 "checkpoint is used")
-            return CheckpointChoice(self.checkpoint_path("last"), "last",
-                                    self.checkpoint_iteration("last"), note)
+            return CheckpointChoice(self.checkpoint_path("last"), "last", iteration("last"),
+                                    note)
         raise RunFolderError(f"{self.path}: no trained checkpoint ({CHECKPOINT_DIR}/"
                              f"{BEST_CHECKPOINT} or {LAST_CHECKPOINT}); train the run first")
 

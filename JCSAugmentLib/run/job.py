@@ -516,6 +516,14 @@ class Job:
             j.inference.tea = "learned" if j.training.mode in TEA_MODES else "heuristic"
         return j
 
+    def value(self, dotted: str) -> Any:
+        """The value of a dotted field (``"training.epochs"``), as ``to_dict`` has it; None for
+        a name that is not a field."""
+        node: Any = self.to_dict()
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
     @property
     def total_iterations(self) -> int:
         return self.training.epochs * self.training.iterations_per_epoch

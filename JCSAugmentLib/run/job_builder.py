@@ -90,14 +90,7 @@ class TrainSettings:
     @classmethod
     def from_job(cls, job: Job) -> "TrainSettings":
         """Every setting as ``job`` has it."""
-        d = job.to_dict()
-        values = {}
-        for f in fields(cls):
-            node: Any = d
-            for part in f.metadata["job_field"].split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            values[f.name] = node
-        return cls(**values)
+        return cls(**{f.name: job.value(f.metadata["job_field"]) for f in fields(cls)})
 
 
 def new_job(data: Mapping[str, Any], settings: TrainSettings) -> Job:

@@ -115,17 +115,17 @@ def open_no_follow(path: str, flags: int, mode: int = 0o644) -> int:
     it, a check before opening elsewhere); raises :class:`SymlinkRefused` naming the file."""
     nofollow = getattr(os, "O_NOFOLLOW", 0)
     if not nofollow and os.path.islink(path):  # pragma: no cover - Windows
-        raise SymlinkRefused(errno.ELOOP, _symlink_message(path))
+        raise SymlinkRefused(errno.ELOOP, symlink_message(path))
     try:
         return os.open(path, flags | nofollow | getattr(os, "O_CLOEXEC", 0), mode)
     except OSError as e:
         if e.errno == errno.ELOOP or (os.path.islink(path) and e.errno in (errno.EMLINK,
                                                                            errno.ENOTDIR)):
-            raise SymlinkRefused(errno.ELOOP, _symlink_message(path)) from None
+            raise SymlinkRefused(errno.ELOOP, symlink_message(path)) from None
         raise
 
 
-def _symlink_message(path: str) -> str:
+def symlink_message(path: str) -> str:
     return (f"{path} is a symbolic link; JCSAugment does not write through links in a run "
             f"folder (it could point outside it): remove the link")
 

@@ -170,21 +170,14 @@ def _job_to_run(folder: RunFolder, overrides, new_job: Optional[Job], resume: bo
             raise
         raise WorkerRefused(f"{e}; job.json is unchanged") from None
     if resume and stored is not None:
-        changed = [f for f in RESUME_FIXED_FIELDS if _field(job, f) != _field(stored, f)]
+        changed = [f for f in RESUME_FIXED_FIELDS if job.value(f) != stored.value(f)]
         if changed:
             raise WorkerRefused(
                 f"--resume cannot change {', '.join(changed)} (the checkpoint was trained with "
-                f"{', '.join(f'{f}={_field(stored, f)!r}' for f in changed)}); job.json is "
+                f"{', '.join(f'{f}={stored.value(f)!r}' for f in changed)}); job.json is "
                 f"unchanged. Start the run again with --restart (the old checkpoints are kept), "
                 f"or use a new run folder")
     return job
-
-
-def _field(job: Job, dotted: str):
-    node = job.to_dict()
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def _prepare_folder(folder: RunFolder, overrides, new_job, resume, restart,
