@@ -22,7 +22,6 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 import time
 from typing import Annotated, Optional, Union
 
@@ -33,7 +32,6 @@ import vtk
 from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLNode, vtkMRMLScalarVolumeNode,
                     vtkMRMLSegmentationNode)
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest,
                                            ScriptedLoadableModuleWidget)
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
@@ -150,7 +148,10 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Binds the panel's ViewState (JCSAugmentLib.panel.monitor) to Qt widgets on a timer."""
 
     POLL_MS = 500
-    POLICY_REDRAW_S = 15.0  # each redraw is a short PythonSlicer process (torch + matplotlib)
+    POLICY_REDRAW_S = 2.0  # a redraw is a few ms of QPainter in this process (policy_paint)
+    STOP_TIMEOUT_S = 30.0  # a stop request, then SIGTERM after this, ...
+    TERM_GRACE_S = 10.0  # ... then SIGKILL after this
+    EXIT_GRACE_S = 10.0  # an ended run's process may take this long to exit by itself
 
     def __init__(self, parent=None):
         # state first: without a parent the base class calls setup() from its __init__
@@ -160,7 +161,6 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._monitor = None
         self._view = None
         self._prediction = None
-        self._pictureJob = None
         self._policyDirty = False
         self._lastPolicyDraw = 0.0
         self._policyPngs = {}
@@ -173,6 +173,10 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownLog = None
         self._updatingDeviceCombo = False
         self._timer = None
+        self._stopNote = None
+        self._finalSince = None
+        self._foreignStop = None  # {"since": t, "signalled": None/"term"/"kill"}
+        self._reloading = False
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
 
@@ -230,20 +234,23 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
-        """Stop the timer and the worker processes this panel started (the worker saves a
-        checkpoint first when it can)."""
+        """Stop the timer and let go of what this panel started, never blocking the GUI
+        (Slicer calls this on every Reload and at exit).
+
+        On Reload the training run goes on: the new panel re-attaches to it from the parameter
+        node's run folder. Otherwise (Slicer exits, the module is unloaded) the worker is asked
+        to stop (its checkpoint is kept) and a detached watchdog process ends its process tree
+        if it has not exited within the stop timeout (WorkerProcess.stop_detached)."""
         if self._timer is not None:
             self._timer.stop()
         self.removeObservers()
+        self.setParameterNode(None)
         if self._prediction is not None and self._prediction.worker.running:
             self._prediction.worker.kill()
-        for job in (self._pictureJob,):
-            if job is not None and job["worker"].running:
-                job["worker"].kill()
         worker = self._monitor.worker if self._monitor is not None else None
-        if worker is not None and worker.running:
+        if worker is not None and worker.running and not self._reloading:
             logging.info("JCSAugment: stopping the training worker (its checkpoint is kept)")
-            worker.stop(timeout=15.0, term_grace=5.0)
+            worker.stop_detached(timeout=self.STOP_TIMEOUT_S, term_grace=self.TERM_GRACE_S)
 
     def enter(self):
         self.initializeParameterNode()
@@ -262,16 +269,20 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                     self._onParameterNodeModified)
 
     def onReload(self):
-        """Reload the Qt-free panel modules too (they hold the logic), then the module."""
+        """Reload the Qt-free panel modules too (they hold the logic), then the module. A
+        training run goes on and the new panel re-attaches to it (see cleanup)."""
         import importlib
         import sys
         for name in ("JCSAugmentLib.panel.cases", "JCSAugmentLib.panel.worker_process",
                      "JCSAugmentLib.panel.devices", "JCSAugmentLib.panel.settings",
                      "JCSAugmentLib.panel.monitor", "JCSAugmentLib.panel.pictures",
-                     "JCSAugmentLib.slicer_scene", "JCSAugmentSlicer.dependencies",
-                     "JCSAugmentSlicer.logic"):
+                     "JCSAugmentLib.panel.controller", "JCSAugmentLib.slicer_scene",
+                     "JCSAugmentSlicer.dependencies", "JCSAugmentSlicer.logic",
+                     # last: it imports from the others (a stale one would test old classes)
+                     "JCSAugmentSlicer.selftest"):
             if name in sys.modules:
                 importlib.reload(sys.modules[name])
+        self._reloading = True
         ScriptedLoadableModuleWidget.onReload(self)
 
     # ------------------------------------------------------------------ scene and parameters
@@ -305,6 +316,9 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._attach(pathOrNone(p.runFolder), worker=None)
 
     def setParameterNode(self, inputParameterNode):
+        if inputParameterNode is not None and inputParameterNode is self._parameterNode \
+                and self._parameterNodeGuiTag is not None:
+            return  # already bound (enter() after enter())
         if self._parameterNode:
             if self._parameterNodeGuiTag is not None:
                 self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
@@ -348,9 +362,20 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.predictVolumeSelector.enabled = p.predictTarget == "volume"
         self.ui.referenceSelector.enabled = p.predictTarget == "volume"
         self.ui.pretrainedPathLineEdit.enabled = p.mode == "tea-only"
+        self._blankUnsetPaths()
         self._updateCaseTable()
         self._selectDevice(p.device)
         self._updateButtons()
+
+    def _blankUnsetPaths(self):
+        """An unset path parameter is ``Path()``, which the path field would show as ".": show
+        an empty field instead (signals blocked: the parameter stays unset)."""
+        for lineEdit in (self.ui.datasetPathLineEdit, self.ui.outputPathLineEdit,
+                         self.ui.runPathLineEdit, self.ui.pretrainedPathLineEdit):
+            if lineEdit.currentPath == ".":
+                wasBlocked = lineEdit.blockSignals(True)
+                lineEdit.currentPath = ""
+                lineEdit.blockSignals(wasBlocked)
 
     # ------------------------------------------------------------------ data section
     def _updateCaseTable(self):
@@ -508,6 +533,9 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastPolicyDraw = 0.0
         self._policyPngs = {}
         self._shownLog = None
+        self._stopNote = None
+        self._finalSince = None
+        self._foreignStop = None
         for label in (self.ui.traForegroundLabel, self.ui.traBackgroundLabel, self.ui.teaLabel,
                       self.ui.previewLabel):
             label.clear()
@@ -538,9 +566,12 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _beginStop(self):
         worker = self._monitor.worker if self._monitor is not None else None
         if worker is not None and worker.running:
-            worker.begin_stop(timeout=30.0)  # then poll_stop() on each tick
+            # then poll_stop() on each tick (JCSAugmentLib.panel.controller)
+            worker.begin_stop(timeout=self.STOP_TIMEOUT_S, term_grace=self.TERM_GRACE_S)
         elif self._monitor is not None:  # a run re-attached from its folder
             self.logic.requestStop(self._monitor.run_dir)
+            # no process handle here: SIGTERM / SIGKILL its group later if it does not stop
+            self._foreignStop = {"since": time.monotonic(), "signalled": None}
         self.onTimer()
 
     def onResume(self):
@@ -563,30 +594,78 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._attach(runDir, worker)
 
     def onTimer(self):
+        """One tick: poll what is pending, then do what JCSAugmentLib.panel.controller decides
+        (it keeps the timer running while any process this panel started is alive)."""
+        from JCSAugmentLib.panel.controller import decide, lingering_message, stop_outcome_message
         self._pollDeviceProbe()
-        self._pollPictures()
-        view = None
-        if self._monitor is not None:
-            worker = self._monitor.worker
-            if worker is not None and worker.stop_phase not in (None, "done"):
-                worker.poll_stop()
-            if self._prediction is not None and not self._prediction.worker.running:
-                self._finishPrediction()
-            try:
-                view = self._monitor.poll()
-            except Exception as e:  # never let the timer die silently
-                logging.exception("JCSAugment: polling the run failed")
-                self.ui.errorLabel.text = f"Cannot read the run folder: {e}"
-                self.ui.errorLabel.show()
-                view = None
-            if view is not None:
-                self._showView(view)
-        busy = (view is not None and (view.busy or view.catching_up)) \
-            or self._devicesProbe is not None or self._pictureJob is not None \
-            or self._prediction is not None or self._policyDirty and view is not None \
-            and view.policy is not None
-        if not busy:
+        view = self._pollRun()
+        actions = decide(self._tickFacts(view))
+        worker = self._monitor.worker if self._monitor is not None else None
+        if actions.drive_stop and worker.poll_stop():
+            self._stopNote = stop_outcome_message(worker.forced, self.STOP_TIMEOUT_S)
+            view = self._pollRun()
+        self._finalSince = (self._finalSince or time.monotonic()) if actions.ended_alive \
+            else None
+        if actions.stop_lingering:
+            logging.warning("JCSAugment: the run has ended but its worker process lives on; "
+                            "terminating it")
+            self._stopNote = lingering_message(self.EXIT_GRACE_S, self.TERM_GRACE_S)
+            # no stop request: the run has ended, only its process is left
+            worker.begin_stop(timeout=0.0, term_grace=self.TERM_GRACE_S, request=False)
+        if actions.finish_prediction:
+            self._finishPrediction()
+            view = self._pollRun()
+        if actions.signal_foreign:
+            from JCSAugmentLib.panel.worker_process import signal_run_worker
+            kill = actions.signal_foreign == "kill"
+            pid = signal_run_worker(self._monitor.run_dir, kill=kill)
+            self._foreignStop["signalled"] = actions.signal_foreign
+            if pid is not None:
+                self._stopNote = (
+                    f"The worker (pid {pid}) did not stop within {self.STOP_TIMEOUT_S:.0f} s "
+                    f"and was {'killed (SIGKILL)' if kill else 'terminated (SIGTERM)'}; its "
+                    f"last checkpoint is kept.")
+        if actions.redraw_policies and view is not None:
+            self._startPictures(view.run_dir)
+        if view is not None or actions.stop_lingering or actions.drive_stop:
+            self._showView(view if view is not None else self._view)
+        if not decide(self._tickFacts(self._view)).keep_timer:
             self._timer.stop()
+
+    def _pollRun(self):
+        if self._monitor is None:
+            return None
+        try:
+            return self._monitor.poll()
+        except Exception as e:  # never let the timer die silently
+            logging.exception("JCSAugment: polling the run failed")
+            self.ui.errorLabel.text = f"Cannot read the run folder: {e}"
+            self.ui.errorLabel.show()
+            return None
+
+    def _trainingAlive(self):
+        worker = self._monitor.worker if self._monitor is not None else None
+        return worker is not None and worker.running
+
+    def _tickFacts(self, view):
+        from JCSAugmentLib.panel.controller import TickFacts
+        worker = self._monitor.worker if self._monitor is not None else None
+        return TickFacts(
+            now=time.monotonic(), view_state=view.state if view is not None else None,
+            view_busy=view is not None and view.busy,
+            catching_up=view is not None and view.catching_up,
+            training_alive=self._trainingAlive(),
+            stop_phase=worker.stop_phase if worker is not None else None,
+            final_since=self._finalSince, exit_grace_s=self.EXIT_GRACE_S,
+            foreign_stop_since=self._foreignStop["since"] if self._foreignStop else None,
+            foreign_signalled=self._foreignStop["signalled"] if self._foreignStop else None,
+            stop_timeout_s=self.STOP_TIMEOUT_S, term_grace_s=self.TERM_GRACE_S,
+            prediction_pending=self._prediction is not None,
+            prediction_alive=self._prediction is not None and self._prediction.worker.running,
+            probe_pending=self._devicesProbe is not None,
+            policy_dirty=self._policyDirty,
+            policy_available=view is not None and view.policy is not None,
+            last_policy_draw=self._lastPolicyDraw, policy_interval_s=self.POLICY_REDRAW_S)
 
     def _showView(self, v):
         """Bind a ViewState to the widgets (None: nothing attached)."""
@@ -613,7 +692,7 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             bar.setRange(0, 0 if v.state == "starting" else 1)
             bar.setValue(0)
             bar.setFormat(v.state)
-        self.ui.statusLabel.text = v.message
+        self.ui.statusLabel.text = v.message + (f"\n{self._stopNote}" if self._stopNote else "")
         if v.warnings:
             self.ui.warningLabel.text = f"Warning: {v.warnings[-1]}"
             self.ui.warningLabel.toolTip = "\n".join(v.warnings[-20:])
@@ -638,23 +717,22 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateCurves(v)
         if v.policy_changed:
             self._policyDirty = True
-        if self._policyDirty and v.policy is not None and self._pictureJob is None \
-                and time.monotonic() - self._lastPolicyDraw >= self.POLICY_REDRAW_S:
-            self._startPictures(v.run_dir)
         if v.preview_changed and v.preview_files:
             self._showPreviewPng(v)
 
     def _updateButtons(self):
         v = self._view
         start = self.ui.startButton
-        if v is not None and v.state == "stopping":
+        # the run's events may say it ended while its process still lives: no start on top
+        lingering = self._trainingAlive() and not (v is not None and v.can_stop)
+        if v is not None and v.state == "stopping" or lingering:
             start.text, start.enabled = "Stopping\u2026", False
         elif v is not None and v.can_stop:
             start.text, start.enabled = "Stop", True
         else:
             start.text = "Start training"
             start.enabled = v is None or v.can_start
-        self.ui.resumeButton.enabled = v is not None and v.can_resume
+        self.ui.resumeButton.enabled = v is not None and v.can_resume and not lingering
         idle = v is None or not v.busy
         self.ui.segmentButton.enabled = idle and v is not None and v.checkpoint is not None
         self.ui.openRunButton.enabled = v is None or not v.busy
@@ -685,46 +763,68 @@ class JCSAugmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ policies
     def _startPictures(self, runDir):
-        try:
-            self._pictureJob = self.logic.startPolicyPictures(runDir)
-        except Exception as e:  # the pictures are a view: say why, keep training
-            self.ui.policyStatusLabel.text = f"Cannot draw the policies: {e}"
-            self._pictureJob = None
+        """Redraw the policy pictures from the run's policy.json, here in the GUI process: a
+        display list (JCSAugmentLib.panel.policy_paint, no torch) painted with QPainter."""
+        from JCSAugmentLib.panel.policy_paint import policy_pictures
         self._policyDirty = False
         self._lastPolicyDraw = time.monotonic()
-
-    def _pollPictures(self):
-        job = self._pictureJob
-        if job is None or job["worker"].running:
+        try:
+            width = max(240, min(520, self.ui.policiesCollapsibleButton.width - 30))
+            pictures = policy_pictures(RunFolder(runDir).policy_path, width=width)
+        except (OSError, ValueError) as e:  # a view: say why, keep training
+            self.ui.policyStatusLabel.text = f"Cannot draw the policies: {e}"
             return
-        self._pictureJob = None
-        pngs = self.logic.finishPolicyPictures(job)
-        if not pngs:
-            self.ui.policyStatusLabel.text = ("Cannot draw the policies: "
-                                              + (job["worker"].exit_reason() or "unknown error")
-                                              + "\n" + job["worker"].log_tail(3))
-            return
-        self._policyPngs = pngs
-        width = max(200, self.ui.policiesCollapsibleButton.width - 30)
+        self._policyPngs = {}
         for key, label in (("tra_foreground", self.ui.traForegroundLabel),
                            ("tra_background", self.ui.traBackgroundLabel),
                            ("tea", self.ui.teaLabel)):
-            pixmap = qt.QPixmap(pngs[key]) if key in pngs else qt.QPixmap()
-            if pixmap.isNull():
-                label.clear()
+            if key in pictures:
+                pixmap = self._paint(pictures[key])
+                self._policyPngs[key] = pixmap
+                label.setPixmap(pixmap)
             else:
-                label.setPixmap(pixmap.scaledToWidth(min(width, pixmap.width()),
-                                                     qt.Qt.SmoothTransformation))
+                label.clear()
         self.ui.policyStatusLabel.text = "Learned policies (updated while the run learns)."
         self._updateButtons()
+
+    @staticmethod
+    def _paint(picture):
+        """A QPixmap of a policy_paint.Picture."""
+        pixmap = qt.QPixmap(picture.width, picture.height)
+        pixmap.fill(qt.QColor(255, 255, 255))
+        painter = qt.QPainter(pixmap)
+        try:
+            painter.setRenderHint(qt.QPainter.Antialiasing)
+            painter.setPen(qt.QColor(80, 80, 80))
+            for pie in picture.pies:
+                painter.setBrush(qt.QColor(*pie.rgb))
+                painter.drawPie(qt.QRectF(pie.x, pie.y, pie.size, pie.size), pie.start16,
+                                pie.span16)
+            for box in picture.boxes:
+                painter.fillRect(qt.QRectF(box.x, box.y, box.width, box.height),
+                                 qt.QColor(*box.rgb))
+            painter.setPen(qt.QColor(20, 20, 20))
+            font = painter.font()
+            align = {"left": qt.Qt.AlignLeft, "right": qt.Qt.AlignRight,
+                     "center": qt.Qt.AlignHCenter}
+            for text in picture.texts:
+                font.setBold(text.bold)
+                painter.setFont(font)
+                painter.drawText(qt.QRectF(text.x, text.y, text.width, text.height),
+                                 align[text.align] | qt.Qt.AlignVCenter, text.text)
+        finally:
+            painter.end()
+        return pixmap
 
     def onExportPolicyPng(self):
         with slicer.util.tryWithErrorDisplay("Could not export the policy pictures."):
             folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(),
                                                          "Folder for the policy pictures")
             if folder:
-                for key, path in self._policyPngs.items():
-                    shutil.copyfile(path, os.path.join(folder, f"policy_{key}.png"))
+                for key, pixmap in self._policyPngs.items():
+                    path = os.path.join(folder, f"policy_{key}.png")
+                    if not pixmap.save(path, "PNG"):
+                        raise OSError(f"Cannot write {path}")
 
     def onExportPolicyJson(self):
         with slicer.util.tryWithErrorDisplay("Could not export the policy file."):
@@ -830,223 +930,17 @@ class JCSAugmentLogic(RunLogic, ScriptedLoadableModuleLogic):
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleLogic.__init__(self, parent)
+        self._wrapper = None
 
     def getParameterNode(self):
-        return JCSAugmentParameterNode(super().getParameterNode())
+        """The typed wrapper of the module's parameter node: one per node (each wrapper adds
+        observers to the node, so a new one per call would pile them up)."""
+        node = super().getParameterNode()
+        if self._wrapper is None or self._wrapper.parameterNode is not node:
+            self._wrapper = JCSAugmentParameterNode(node)
+        return self._wrapper
 
 
-
-class JCSAugmentTest(ScriptedLoadableModuleTest):
-    """Self-tests: a tiny CPU training through the logic (blocking), prediction, policy
-    pictures, preview nodes; and the bad inputs the panel must refuse with a clear message."""
-
-    def setUp(self):
-        slicer.mrmlScene.Clear(0)
-        self.tmp = tempfile.mkdtemp(prefix="JCSAugmentTest-", dir=slicer.app.temporaryPath)
-
-    def runTest(self, **kwargs):
-        """Every test_* method, each after setUp (ctest runs them one by one)."""
-        for name in sorted(n for n in dir(self) if n.startswith("test_")):
-            self.setUp()
-            getattr(self, name)()
-
-    # -- helpers
-    def _blobCase(self, name, seed, shape=(32, 32, 32), asSegmentation=False):
-        """A volume with a bright blob, and its label map (or segmentation), on an oblique,
-        anisotropic grid."""
-        import numpy as np
-        rng = np.random.default_rng(seed)
-        z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
-        centre = np.array(shape) / 2 + rng.uniform(-3, 3, 3)
-        radius = 6 + rng.uniform(0, 2)
-        blob = ((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) < radius ** 2
-        image = (100.0 * blob + rng.normal(0, 10, shape)).astype(np.float32)
-        ijkToRas = vtk.vtkMatrix4x4()
-        angle = 0.3
-        spacing = (1.2, 0.9, 1.5)
-        rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
-                             [0, 0, 1]])
-        for r in range(3):
-            for c in range(3):
-                ijkToRas.SetElement(r, c, rotation[r, c] * spacing[c])
-            ijkToRas.SetElement(r, 3, [10.0, -20.0, 5.0][r])
-        volume = slicer.util.addVolumeFromArray(image, ijkToRAS=ijkToRas, name=name)
-        label = slicer.util.addVolumeFromArray(blob.astype(np.uint8), ijkToRAS=ijkToRas,
-                                               name=f"{name} label",
-                                               nodeClassName="vtkMRMLLabelMapVolumeNode")
-        if asSegmentation:
-            from JCSAugmentLib.slicer_scene import label_map_to_segmentation
-            segmentation = label_map_to_segmentation(label, name=f"{name} segmentation")
-            slicer.mrmlScene.RemoveNode(label)
-            return volume, segmentation
-        return volume, label
-
-    def _settings(self, **kw):
-        from JCSAugmentLib.panel.settings import PanelSettings
-        values = dict(backbone="unet3d", mode="joint", epochs=1, device="cpu",
-                      output_folder=self.tmp, seed=0, patch_size=[16, 16, 16], batch_size=2,
-                      iterations_per_epoch=2)
-        values.update(kw)
-        return PanelSettings(**values)
-
-    TINY = {"model.base_features": 2, "training.val_batch_size": 2, "training.tea_copies": 2,
-            "training.validate_every": 1, "training.preview_every": 1,
-            "training.checkpoint_every": 1}
-
-    def _needWorkerDependencies(self):
-        import importlib.util
-        missing = [m for m in ("torch", "matplotlib") if importlib.util.find_spec(m) is None]
-        if missing:
-            self.skipTest(f"the worker needs {', '.join(missing)} in Slicer's Python (run "
-                          f"JCSAugment's Start once to install them)")
-
-    @staticmethod
-    def _matrix(node):
-        m = vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(m)
-        return [m.GetElement(r, c) for r in range(4) for c in range(4)]
-
-    # -- tests
-    def test_train_predict_pictures_preview(self):
-        self.delayDisplay("Tiny CPU training through the logic")
-        self._needWorkerDependencies()
-        logic = JCSAugmentLogic()
-        cases = [self._blobCase("case0", 0), self._blobCase("case1", 1, asSegmentation=True),
-                 self._blobCase("case2", 2)]
-        rows = [{"case_id": f"case{i}", "image_nodes": [v], "label_node": lab, "split": split}
-                for i, ((v, lab), split) in enumerate(zip(cases, ("train", "validation", "test")))]
-        runDir, worker = logic.train(self._settings(), rows=rows, overrides=self.TINY, wait=True,
-                                     timeout=900)
-        view = logic.viewState(runDir, worker)
-        self.assertEqual(view.state, "done", f"{view.message}\n{view.error}\n{view.log_tail}")
-        self.assertEqual(view.iteration, 2)
-        self.assertTrue(view.loss_curves)
-
-        self.delayDisplay("Curves into plot nodes")
-        nodes = logic.curveNodes()
-        logic.updateCurves(nodes, view.loss_curves, view.dice_curve)
-        self.assertGreater(nodes["loss"][0].GetNumberOfRows(), 0)
-
-        self.delayDisplay("Policy pie charts")
-        pngs = logic.drawPolicyPictures(runDir, outDir=os.path.join(self.tmp, "pictures"))
-        for key in ("tra_foreground", "tra_background", "tea"):
-            self.assertIn(key, pngs)
-            self.assertFalse(qt.QPixmap(pngs[key]).isNull(), key)
-
-        self.delayDisplay("Preview nodes")
-        preview = logic.showPreview(runDir)
-        for name in ("foreground patches", "foreground labels", "background patches"):
-            self.assertIn(name, preview)
-            self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(preview[name].GetID()))
-        again = logic.showPreview(runDir)
-        self.assertEqual(again["foreground patches"].GetID(), preview["foreground patches"].GetID())
-
-        self.delayDisplay("Prediction with learned TEA in a worker process")
-        volume, reference = cases[2]
-        results = logic.predict(runDir, [{"name": "case2", "image_node": volume,
-                                          "reference_node": reference}], tea="learned",
-                                uncertainty=True, device="cpu", asSegmentation=True, timeout=600)
-        self.assertEqual(len(results), 1)
-        label = results[0]["label"]
-        self.assertTrue(label.IsA("vtkMRMLLabelMapVolumeNode"))
-        self.assertEqual(label.GetName(), "case2 segmentation")
-        self.assertEqual(label.GetImageData().GetDimensions(),
-                         volume.GetImageData().GetDimensions())
-        for a, b in zip(self._matrix(label), self._matrix(volume)):
-            self.assertAlmostEqual(a, b, places=6)
-        self.assertIsNotNone(results[0]["uncertainty"])
-        self.assertTrue(results[0]["metrics"])
-        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("JCSAugment metrics"))
-        slicer.util.setSliceViewerLayers(background=volume, label=label, fit=True)
-        self.delayDisplay("Training and prediction passed")
-
-    def test_bad_inputs(self):
-        from JCSAugmentLib.slicer_scene import SceneError
-        logic = JCSAugmentLogic()
-        out = os.path.join(self.tmp, "runs")
-        os.makedirs(out)
-        (v0, l0), (v1, l1) = self._blobCase("a", 0), self._blobCase("b", 1)
-
-        self.delayDisplay("No validation case")
-        rows = [{"case_id": "a", "image_nodes": [v0], "label_node": l0, "split": "train"},
-                {"case_id": "b", "image_nodes": [v1], "label_node": l1, "split": "test"}]
-        with self.assertRaises(ValueError) as ctx:
-            logic.prepareRun(self._settings(output_folder=out), rows=rows)
-        self.assertIn("validation", str(ctx.exception))
-        rows[0]["split"] = "unused"
-        with self.assertRaises(ValueError) as ctx:
-            logic.prepareRun(self._settings(output_folder=out), rows=rows)
-        self.assertIn("training", str(ctx.exception))
-        self.assertEqual(os.listdir(out), [])
-
-        self.delayDisplay("Label grid differs from the image")
-        import numpy as np
-        small = slicer.util.addVolumeFromArray(np.ones((20, 32, 32), np.uint8), name="small",
-                                               nodeClassName="vtkMRMLLabelMapVolumeNode")
-        rows = [{"case_id": "a", "image_nodes": [v0], "label_node": small, "split": "train"},
-                {"case_id": "b", "image_nodes": [v1], "label_node": l1, "split": "validation"}]
-        with self.assertRaises(SceneError):
-            logic.prepareRun(self._settings(output_folder=out), rows=rows)
-        self.assertEqual(os.listdir(out), [], "a refused run leaves no folder behind")
-
-        self.delayDisplay("Empty segmentation")
-        empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
-        empty.CreateDefaultDisplayNodes()
-        empty.GetSegmentation().AddEmptySegment("nothing")
-        rows[0]["label_node"] = empty
-        with self.assertRaises(SceneError):
-            logic.prepareRun(self._settings(output_folder=out), rows=rows)
-        self.assertEqual(os.listdir(out), [])
-
-        self.delayDisplay("Run folder from another version")
-        other = os.path.join(self.tmp, "other")
-        os.makedirs(other)
-        with open(RunFolder(other).job_path, "w", encoding="utf-8") as f:
-            f.write('{"schema": 99, "data": {}}')
-        with self.assertRaises(ValueError):
-            logic.checkRunFolder(other)
-        view = logic.viewState(other)
-        self.assertEqual(view.state, "failed", view.message)
-
-        self.delayDisplay("Output folder that cannot be made (a file)")
-        blocker = os.path.join(self.tmp, "a-file")
-        with open(blocker, "w") as f:
-            f.write("x")
-        rows[0]["label_node"] = l0
-        with self.assertRaises(OSError):
-            logic.prepareRun(self._settings(output_folder=blocker), rows=rows)
-
-        self.delayDisplay("PyTorch extension missing")
-        import sys
-        saved = sys.modules.get("PyTorchUtils", "absent")
-        sys.modules["PyTorchUtils"] = None  # makes "import PyTorchUtils" raise ImportError
-        try:
-            with self.assertRaises(DependencyError) as ctx:
-                ensureTorch(askConfirmation=False, torchFound=False)
-            self.assertIn("PyTorch", str(ctx.exception))
-        finally:
-            if saved == "absent":
-                del sys.modules["PyTorchUtils"]
-            else:
-                sys.modules["PyTorchUtils"] = saved
-        self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(v0.GetID()), "the scene is intact")
-
-    def test_case_table_logic(self):
-        logic = JCSAugmentLogic()
-        p = logic.getParameterNode()
-        logic.removeCases(p, None)
-        for i in range(5):
-            self._blobCase(f"pair{i}", i, shape=(12, 12, 12))
-        added, note = logic.addAllPairs(p)
-        self.assertEqual(added, 5, note)
-        logic.autoSplitCases(p)
-        splits = list(p.caseSplits)
-        self.assertIn("validation", splits)
-        self.assertIn("train", splits)
-        self.assertEqual(logic.caseProblems(p), [])
-        logic.removeCases(p, [0])
-        self.assertEqual(len(p.caseIds), 4)
-        logic.renameCase(p, 0, "renamed")
-        self.assertEqual(p.caseIds[0], "renamed")
-        logic.removeCases(p, None)
-        self.assertEqual(len(p.caseIds), 0)
+# the self-test (Reload and Test, ctest) lives beside the logic; imported here so that Slicer
+# and slicer_add_python_unittest find JCSAugmentTest in this module
+from JCSAugmentSlicer.selftest import JCSAugmentTest  # noqa: E402,F401

@@ -2,6 +2,13 @@
 
 import sys
 
-from .cli import main
+from .threads import apply_thread_policy
+
+try:
+    apply_thread_policy()  # before anything imports torch: see threads.py
+except ValueError:
+    pass  # a bad JCSAUGMENT_NUM_THREADS: main() says so in one line
+
+from .cli import main  # noqa: E402
 
 sys.exit(main())

@@ -630,12 +630,19 @@ def export_cases(cases: Sequence[Mapping[str, Any]], folder, *,
 
 # ----------------------------------------------------------------------------- reading
 
-def _read(path) -> Tuple[np.ndarray, np.ndarray]:
-    """Voxels ``(K, J, I)`` and IJK-to-RAS of a scalar image file."""
+def _read(path, kind: str = "image") -> Tuple[np.ndarray, np.ndarray]:
+    """Voxels ``(K, J, I)`` and IJK-to-RAS of a scalar image file (``kind`` "label" for a
+    label map: the memory budget counts it as int64)."""
     import SimpleITK as sitk
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise SceneError(f"{path}: file does not exist")
+    from .io.file_checks import check_volume_file
+    from .io.volume import VolumeError
+    try:  # the checked reading path: memory budget and a complete payload first
+        check_volume_file(path, kind)
+    except VolumeError as exc:
+        raise SceneError(str(exc)) from None
     try:
         image = sitk.ReadImage(path)
     except RuntimeError as exc:
@@ -681,7 +688,7 @@ def load_label_map(path, reference_volume_node, name: Optional[str] = None, scen
     scene, else ``slicer.mrmlScene``.  Showing it as the label layer is the caller's job
     (``slicer.util.setSliceViewerLayers(label=node)`` in the application).
     """
-    arr, matrix = _read(path)
+    arr, matrix = _read(path, "label")
     if np.issubdtype(arr.dtype, np.floating):
         if np.any(arr != np.round(arr)):
             raise SceneError(f"{os.fspath(path)}: not a label map (non-integer voxel values)")

@@ -549,14 +549,17 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Add the ``jcsaugment synth`` arguments to ``parser`` and set ``func``."""
     parser.add_argument("out_dir", help="dataset folder to write (new, empty, or an earlier "
                                         "synth dataset, which is replaced)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=8, help="site-A training cases")
-    parser.add_argument("--n-val", type=int, default=4, help="site-B validation cases")
-    parser.add_argument("--n-test", type=int, default=4, help="site-B test cases")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the cases")
+    parser.add_argument("--n-train", type=int, default=8, metavar="N",
+                        help="site-A training cases")
+    parser.add_argument("--n-val", type=int, default=4, metavar="N",
+                        help="site-B validation cases")
+    parser.add_argument("--n-test", type=int, default=4, metavar="N", help="site-B test cases")
     parser.add_argument("--size", type=int, nargs=3, default=(48, 64, 64),
-                        metavar=("D", "H", "W"), help="array size (z, y, x)")
+                        metavar=("D", "H", "W"), help="array size in voxels, z y x")
     parser.add_argument("--shift", default="default", choices=sorted(SHIFTS),
-                        help="how site B differs from site A (default: rot90)")
+                        help=f"how site B differs from site A ('default' is "
+                             f"{SHIFTS['default']})")
     parser.set_defaults(func=run_synth_from_args)
     return parser
 

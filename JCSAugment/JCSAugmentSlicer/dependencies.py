@@ -3,9 +3,10 @@ something (never at import, never in a constructor).
 
 - torch comes from the PyTorch extension (``PyTorchUtils``, imported inside a function so the
   module loads without the extension);
-- the packages of ``Resources/requirements.txt`` (matplotlib) through ``pip_ensure`` where Slicer
-  has it (``slicer.pydeps``, Slicer >= 5.11; ``slicer.packaging`` is tried too), else
-  ``slicer.util.pip_install`` after the user confirms;
+- the packages of ``Resources/requirements.txt`` (matplotlib) through
+  ``slicer.packaging.pip_ensure`` where Slicer has it (5.12 and later), with a constraints file
+  that pins the installed SimpleITK / numpy / torch / requests (so pip cannot replace them),
+  else ``slicer.util.pip_install`` after the user confirms;
 - SimpleITK, numpy, torch and requests are never installed or upgraded into Slicer's Python
   (Slicer ships its own; a PyPI SimpleITK breaks Slicer's).
 
@@ -105,16 +106,33 @@ def ensureTorch(askConfirmation=True, torchFound=None):
 
 
 def _pipEnsureFunction():
-    """slicer.pydeps.pip_ensure (Slicer >= 5.11), else slicer.packaging.pip_ensure, else None."""
-    for moduleName in ("slicer.pydeps", "slicer.packaging"):
+    """(slicer.packaging, its pip_ensure) on Slicer >= 5.12, else (None, None)."""
+    try:
+        module = __import__("slicer.packaging", fromlist=["pip_ensure"])
+    except ImportError:
+        return None, None
+    function = getattr(module, "pip_ensure", None)
+    return (module, function) if function is not None else (None, None)
+
+
+def _constraintsFile():
+    """A pip constraints file pinning the installed versions of NEVER_INSTALL (pip's own way to
+    keep them; pip_ensure's skip_packages is documented upstream as a discouraged
+    workaround), or None when none of them is installed."""
+    import importlib.metadata
+    import tempfile
+    pins = []
+    for name in NEVER_INSTALL:
         try:
-            module = __import__(moduleName, fromlist=["pip_ensure"])
-        except ImportError:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
             continue
-        function = getattr(module, "pip_ensure", None)
-        if function is not None:
-            return module, function
-    return None, None
+    if not pins:
+        return None
+    handle, path = tempfile.mkstemp(prefix="JCSAugment-constraints-", suffix=".txt")
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+        f.write("\n".join(pins) + "\n")
+    return path
 
 
 def ensureDependencies(askConfirmation=True, requireTorch=True):
@@ -137,15 +155,20 @@ def ensureDependencies(askConfirmation=True, requireTorch=True):
         else:
             from packaging.requirements import Requirement
             reqs = [Requirement(line) for line in lines]
+        import inspect
+        accepted = inspect.signature(pipEnsure).parameters
+        wanted = {"prompt_install": askConfirmation, "requester": "JCSAugment",
+                  "constraints": _constraintsFile()}
+        # only the keywords this Slicer's pip_ensure has: one call, so the user is asked once
+        keywords = {k: v for k, v in wanted.items() if k in accepted and v is not None}
         try:
-            try:
-                pipEnsure(reqs, skip_packages=list(NEVER_INSTALL),
-                          prompt_install=askConfirmation, requester="JCSAugment")
-            except TypeError:  # an early pip_ensure without these keywords
-                pipEnsure(reqs, requester="JCSAugment")
+            pipEnsure(reqs, **keywords)
         except RuntimeError as e:  # the user declined
             raise DependencyError(f"Python packages {', '.join(missing)} were not installed: "
                                   f"{e}") from None
+        finally:
+            if wanted["constraints"] is not None:
+                os.remove(wanted["constraints"])
     else:
         if askConfirmation and not _slicer().util.confirmOkCancelDisplay(
                 "JCSAugment needs these Python packages in Slicer: " + ", ".join(missing)

@@ -346,11 +346,18 @@ class RunLogic:
             owner.SetAttribute("JCSAugment.role", "curves view owner")
             owner.SetHideFromEditors(True)
         if view is None:
-            view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode", "JCSAugment curves view")
+            # set up before it enters the scene: the layout manager looks at a new view node
+            # once, when it is added (a parent layout node keeps it out of the view layout)
+            view = scene.CreateNodeByClass("vtkMRMLPlotViewNode")
+            view.UnRegister(None)  # owned by the Python variable until the scene holds it
+            view.SetName("JCSAugment curves view")
             view.SetAttribute("JCSAugment.role", "curves view")
-            # keep the layout manager from giving this panel's view its own layout widget
+            view.SetDoPropagatePlotChartSelection(False)
             if hasattr(view, "SetAndObserveParentLayoutNodeID"):
                 view.SetAndObserveParentLayoutNodeID(owner.GetID())
+            scene.AddNode(view)
+        # "show chart in layout" (Plots module, plot chart selection) must not take it over
+        view.SetDoPropagatePlotChartSelection(False)
         view.SetPlotChartNodeID(nodes["loss"][1].GetID())
         nodes["view"] = (view, owner)
         return nodes

@@ -63,12 +63,15 @@ class CaseSpec:
 
     case_id: str
     images: List[str]
-    label: str
+    #: None for an unlabelled case (a job's test case with ``"label": null``): it can be
+    #: predicted, but :func:`~JCSAugmentLib.data.reading.read_case` refuses it for training
+    label: Optional[str]
     roi: Optional[str] = None
 
     def files(self) -> List[str]:
-        """Every file of the case: images, label, then the ROI if any."""
-        return list(self.images) + [self.label] + ([self.roi] if self.roi else [])
+        """Every file of the case: images, label (if any), then the ROI if any."""
+        return (list(self.images) + ([self.label] if self.label else [])
+                + ([self.roi] if self.roi else []))
 
 
 @dataclass
@@ -137,7 +140,7 @@ def _abs(path: PathLike, base: Optional[str] = None) -> str:
 
 
 def _check_files(case: CaseSpec) -> None:
-    for role, paths in (("image", case.images), ("label", [case.label]),
+    for role, paths in (("image", case.images), ("label", [case.label] if case.label else []),
                         ("roi", [case.roi] if case.roi else [])):
         for p in paths:
             if not os.path.exists(p):
@@ -389,10 +392,13 @@ def dataset_from_list(entries: Sequence[Mapping], name: str = "cases",
         if not isinstance(imgs, Sequence) or not imgs:
             raise DataError(f"{what}: 'images' must be a file or a non-empty list of files, "
                             f"got {imgs!r}")
-        if not e.get("label"):
-            raise DataError(f"{what}: 'label' (the label map file) is missing")
+        label = e.get("label")
+        if "label" not in e or (label is not None and not label):
+            raise DataError(f"{what}: 'label' (the label map file) is missing (null marks an "
+                            f"unlabelled test case)")
         roi = e.get("roi")
-        cases.append(CaseSpec(cid, [_abs(p, base) for p in imgs], _abs(e["label"], base),
+        cases.append(CaseSpec(cid, [_abs(p, base) for p in imgs],
+                              _abs(label, base) if label is not None else None,
                               _abs(roi, base) if roi else None))
     _check_unique(cases, "case list")
     n_files = len(cases[0].images)

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io import volume as _vol
+from ..io.file_checks import check_volume_file
 from ..io.volume import Volume, VolumeError, read_images, read_label, read_volume
 from .dataset import CaseSpec, DataError
 
@@ -48,6 +49,7 @@ def read_4d_channels(path) -> Volume:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VolumeError(path, "file does not exist")
+    check_volume_file(path, "image")  # the memory budget and a complete payload, first
     try:
         image = sitk.ReadImage(path)
     except Exception as exc:
@@ -104,6 +106,9 @@ def read_case(spec: CaseSpec) -> Tuple[Volume, Volume, Optional[Volume]]:
     images', non-integer or negative labels, a label map with no foreground voxel, an empty ROI.
     """
     cid = spec.case_id
+    if spec.label is None:
+        raise DataError(f"case '{cid}' has no label map (\"label\": null); only a test case may "
+                        f"be unlabelled: give its label, or move it to the test split")
     for p in spec.files():
         if not os.path.exists(p):
             raise DataError(f"case '{cid}': file {p} does not exist")

@@ -2,22 +2,40 @@
 
 A split is a dict ``{"train": [...], "validation": [...], "test": [...]}`` of case ids. Model
 selection uses the validation split only; the test split is for the final report.
+
+A dataset folder may carry its splits (:func:`choose_dataset_splits`, what ``jcsaugment train
+--dataset DIR`` uses): ``DIR/splits.json`` in that form, or nnU-Net v2's
+``DIR/splits_final.json``, a list of folds ``[{"train": [...], "val": [...]}, ...]`` of which
+one (``--fold``, default 0) is used. nnU-Net's folds are a cross-validation of the labelled
+training cases (``imagesTr``) and name no test cases; the held-out images in ``imagesTs`` have
+no labels in nnU-Net's layout and are not cases here. So a fold gives an **empty test split**:
+the run selects its model on the fold's validation cases, and the test images are segmented
+with ``jcsaugment predict --image``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .dataset import DataError
 
-__all__ = ["SPLIT_NAMES", "make_splits", "load_splits"]
+__all__ = ["SPLIT_NAMES", "SPLITS_FILE", "NNUNET_SPLITS_FILE", "DEFAULT_FOLD", "ChosenSplits",
+           "make_splits", "load_splits", "read_splits_file", "splits_from_nnunet_folds",
+           "choose_dataset_splits"]
 
 #: The split names, in this order.
 SPLIT_NAMES = ("train", "validation", "test")
+#: A dataset folder's own splits, in this module's form.
+SPLITS_FILE = "splits.json"
+#: nnU-Net v2's cross-validation folds (it writes them beside its preprocessed data).
+NNUNET_SPLITS_FILE = "splits_final.json"
+#: The fold of an nnU-Net splits file used when none is asked for (nnU-Net's first fold).
+DEFAULT_FOLD = 0
 
 
 def make_splits(case_ids: Sequence[str], seed: int,
@@ -140,3 +158,115 @@ def load_splits(path_or_dict: Union[str, "os.PathLike[str]", Mapping],
         raise DataError(f"{where}: no validation case ('validation' is empty or missing); "
                         "model selection needs at least one")
     return out
+
+
+@dataclass(frozen=True)
+class ChosenSplits:
+    """The splits a new run takes from its dataset folder (:func:`choose_dataset_splits`).
+
+    ``splits``: ``{"train", "validation", "test"}`` lists, or None when no file gave them (the
+    job then draws them from its split seed). ``source``: the file read, or None.
+    ``description``: one line saying which file was used (or that none was), for the user.
+    """
+    splits: Optional[Dict[str, List[str]]]
+    source: Optional[str]
+    description: str
+
+
+def splits_from_nnunet_folds(folds: Any, fold: int, where: str) -> Dict[str, List[str]]:
+    """Fold ``fold`` of nnU-Net v2's ``splits_final.json`` data (a list of ``{"train": [...],
+    "val": [...]}``) as ``{"train", "validation", "test": []}`` (nnU-Net's folds name no test
+    cases; see the module's docstring). Raises :class:`DataError` naming ``where`` for another
+    shape or a fold that is not there."""
+    if not isinstance(folds, list) or not folds:
+        raise DataError(f"{where}: expected nnU-Net's list of folds [{{\"train\": [...], "
+                        f"\"val\": [...]}}, ...], got {type(folds).__name__}")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < len(folds):
+        raise DataError(f"{where}: it has folds 0 to {len(folds) - 1}; fold {fold!r} is not "
+                        f"one of them")
+    entry = folds[fold]
+    if not isinstance(entry, Mapping) or set(entry) != {"train", "val"}:
+        keys = sorted(entry) if isinstance(entry, Mapping) else type(entry).__name__
+        raise DataError(f"{where}: fold {fold} must be an object with 'train' and 'val' lists, "
+                        f"got {keys}")
+    return {"train": list(entry["train"]), "validation": list(entry["val"]), "test": []}
+
+
+def _read_json(path, where: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError as exc:
+        raise DataError(f"{where} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{where} cannot be read ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where} is not valid JSON ({exc})") from exc
+
+
+def _splits_of(data: Any, fold: Optional[int], where: str) -> Dict[str, List[str]]:
+    if isinstance(data, list):
+        return splits_from_nnunet_folds(data, DEFAULT_FOLD if fold is None else fold, where)
+    if fold is not None:
+        raise DataError(f"{where} holds one split, not nnU-Net's list of folds, so --fold "
+                        f"{fold} does not apply to it")
+    if not isinstance(data, dict):
+        raise DataError(f"{where}: expected a JSON object with 'train', 'validation' and "
+                        f"'test' lists, got {type(data).__name__}")
+    if "val" in data and "validation" not in data:  # the job's splits say "validation"
+        data = {("validation" if k == "val" else k): v for k, v in data.items()}
+    return data
+
+
+def read_splits_file(path: Union[str, "os.PathLike[str]"], fold: Optional[int] = None
+                     ) -> Dict[str, List[str]]:
+    """A splits file in either form: ``{"train", "validation" (or "val"), "test"}`` as it is,
+    or nnU-Net's list of folds, of which fold ``fold`` (``DEFAULT_FOLD`` when None). The case
+    ids are checked against the dataset later (:func:`load_splits`, the job). Raises
+    :class:`DataError` for a missing or unreadable file, bad JSON, another shape, or a
+    ``fold`` given for a file that has no folds."""
+    where = f"splits file {os.fspath(path)}"
+    return _splits_of(_read_json(path, where), fold, where)
+
+
+def _describe(splits: Mapping[str, Any]) -> str:
+    n = {k: len(v) if isinstance(v := splits.get(k), list) else 0 for k in SPLIT_NAMES}
+    return f"{n['train']} train, {n['validation']} validation, {n['test']} test"
+
+
+def choose_dataset_splits(dataset_dir: Union[str, "os.PathLike[str]"],
+                          splits_path: Optional[Union[str, "os.PathLike[str]"]] = None,
+                          fold: Optional[int] = None) -> ChosenSplits:
+    """The splits a new run on ``dataset_dir`` uses, and a line saying where they came from.
+
+    In this order: ``splits_path`` when given (either form); else, with ``fold`` given,
+    ``DIR/splits_final.json`` (nnU-Net's folds); else ``DIR/splits.json``; else
+    ``DIR/splits_final.json`` at ``DEFAULT_FOLD``; else none (``splits`` None: the job draws
+    them from its split seed). Raises :class:`DataError` for a file that cannot be used, or
+    for ``fold`` given where no ``splits_final.json`` is.
+    """
+    def chosen(path, fold_used):
+        where = f"splits file {os.fspath(path)}"
+        data = _read_json(path, where)
+        splits = _splits_of(data, fold_used, where)
+        which = (f" fold {DEFAULT_FOLD if fold_used is None else fold_used}"
+                 if isinstance(data, list) else "")
+        return ChosenSplits(splits, os.fspath(path),
+                            f"splits: {os.fspath(path)}{which} ({_describe(splits)})")
+
+    if splits_path is not None:
+        return chosen(splits_path, fold)
+    own = os.path.join(os.fspath(dataset_dir), SPLITS_FILE)
+    nnunet = os.path.join(os.fspath(dataset_dir), NNUNET_SPLITS_FILE)
+    if fold is not None:
+        if not os.path.isfile(nnunet):
+            raise DataError(f"--fold {fold}: {dataset_dir} has no {NNUNET_SPLITS_FILE} (copy "
+                            f"nnU-Net's from its preprocessed folder, or pass it with --splits)")
+        return chosen(nnunet, fold)
+    if os.path.isfile(own):
+        return chosen(own, None)
+    if os.path.isfile(nnunet):
+        return chosen(nnunet, DEFAULT_FOLD)
+    return ChosenSplits(None, None, f"splits: none in {os.fspath(dataset_dir)} ({SPLITS_FILE} "
+                                    f"or {NNUNET_SPLITS_FILE}); drawn from the job's split seed")
+

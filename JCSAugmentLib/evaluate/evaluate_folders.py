@@ -138,6 +138,13 @@ def _match_cases(preds: Dict[str, str], refs: Dict[str, str], pred_dir: str,
 
 
 def _read(path: str, case: str, what: str) -> sitk.Image:
+    from ..io.file_checks import check_volume_file
+    from ..io.volume import VolumeError
+    try:  # the one checked reading path: memory budget and a complete payload first
+        check_volume_file(path, "label")
+    except VolumeError as e:
+        raise EvaluationError(f"case {case!r}: cannot read the {what} {e.path}: "
+                              f"{e.problem}") from None
     try:
         img = sitk.ReadImage(path)
     except Exception as e:  # SimpleITK raises RuntimeError with a long ITK trace
@@ -181,16 +188,30 @@ def _check_grids(pred: sitk.Image, ref: sitk.Image, case: str, pred_path: str,
 
 
 def _label_array(img: sitk.Image, case: str, path: str, what: str) -> np.ndarray:
+    """The label values, checked as training checks them: finite (NaN is an error, not 0),
+    integer-valued and non-negative."""
     arr = sitk.GetArrayFromImage(img)
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr
     if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+        from ..io.volume import _nifti_nonfinite
+        n_bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if not n_bad:  # ITK's NIfTI reader turns NaN and inf into 0: count them in the file
+            raw = _nifti_nonfinite(path)
+            n_bad = raw[0] + raw[1] if raw is not None else 0
+        if n_bad:
+            raise EvaluationError(f"case {case!r}: the {what} {path} holds {n_bad} NaN or inf "
+                                  f"value(s); a label map holds whole numbers >= 0")
+        if not np.array_equal(arr, np.round(arr)):
             raise EvaluationError(f"case {case!r}: the {what} {path} holds non-integer values; "
                                   f"expected a label map")
-        return arr.astype(np.int64)
-    raise EvaluationError(f"case {case!r}: the {what} {path} has pixel type "
-                          f"{img.GetPixelIDTypeAsString()}; expected integer labels")
+        arr = arr.astype(np.int64)
+    elif not np.issubdtype(arr.dtype, np.integer):
+        raise EvaluationError(f"case {case!r}: the {what} {path} has pixel type "
+                              f"{img.GetPixelIDTypeAsString()}; expected integer labels")
+    if arr.size and arr.min() < 0:
+        raise EvaluationError(f"case {case!r}: the {what} {path} holds "
+                              f"{int(np.count_nonzero(arr < 0))} negative value(s) (smallest "
+                              f"{arr.min()}); labels must be >= 0")
+    return arr
 
 
 def _label_values(arr: np.ndarray) -> List[int]:
@@ -348,7 +369,14 @@ def evaluate_folders(pred_dir: str, ref_dir: str,
     if json_path:
         files.append((json_path, json.dumps(result, indent=1, allow_nan=False) + "\n"))
     if files:
-        _write_all(files)
+        try:
+            _write_all(files)
+        except OSError as e:  # read-only folder, full disk: nothing was replaced
+            from ..run.control import describe_os_error
+            where = ", ".join(p for p, _ in files)  # the user's names, not the temp file's
+            why = describe_os_error(OSError(e.errno, e.strerror)) if e.errno else str(e)
+            raise EvaluationError(f"cannot write {where}: {why}; nothing was written"
+                                  ) from None
     return result
 
 
@@ -451,8 +479,10 @@ def add_evaluate_arguments(parser) -> None:
                         help="'whole=1,2,3,4;core=1,3,4;enhancing=4' or a JSON file "
                              "{name: value or [values]}; default: each label value and "
                              "'foreground'")
-    parser.add_argument("--csv", metavar="FILE", help="write one row per case and label")
-    parser.add_argument("--json", metavar="FILE", help="write every number as JSON")
+    parser.add_argument("--csv", metavar="FILE",
+                        help="write one row per case and label (default: not written)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="write every number as JSON (default: not written)")
 
 
 def run_evaluate_from_args(args) -> int:

@@ -43,7 +43,9 @@ from ..run.checkpoint import CheckpointError, load_checkpoint
 from ..run.control import RunFolderError
 from ..run.folder import CheckpointChoice, RunFolder, as_run_folder
 from ..run.job import InferenceSpec, Job, JobError
-from .sliding_window import sliding_window_predict
+from .progress import PredictProgress
+from .sliding_window import (WindowProgress, prepare_for_inference, sliding_window_predict,
+                             window_grid)
 
 Progress = Optional[Callable[[str], None]]
 
@@ -66,6 +68,9 @@ class PredictOptions:
     checkpoint: str = "best"
     device: str = "auto"
     overwrite: bool = False
+    #: windows per network batch (None: chosen from the device, see
+    #: :func:`~JCSAugmentLib.infer.sliding_window.default_batch_windows`)
+    batch_windows: Optional[int] = None
 
 
 @dataclass
@@ -105,18 +110,52 @@ def load_run(run: "str | os.PathLike | RunFolder", checkpoint: str = "best",
     if "network" not in state:
         raise PredictionError(f"{choice.path}: this checkpoint does not describe its network "
                               f"(written by an older JCSAugment); retrain the run")
-    net = state["network"]
-    model, info = build_network(net["backbone"], net["in_channels"], net["num_classes"],
-                                tuple(net["patch_size"]), spacing=tuple(net["spacing"]),
-                                **net.get("overrides", {}))
-    model.load_state_dict(state["model"])
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                       else ("cpu" if device == "auto" else device))
-    model.to(dev).eval()
-    tea = TEAPolicy()
-    tea.load_state_dict(state["tea"])
+    dev = _device(device)
+    try:  # a tampered or foreign checkpoint fails here in many ways: each is one message
+        net = state["network"]
+        model, info = build_network(net["backbone"], net["in_channels"], net["num_classes"],
+                                    tuple(net["patch_size"]), spacing=tuple(net["spacing"]),
+                                    **net.get("overrides", {}))
+        model.load_state_dict(state["model"])
+        tea = TEAPolicy()
+        tea.load_state_dict(state["tea"])
+        state["preprocess"] = _mapping(state.get("preprocess"))
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        detail = " ".join(str(e).split())[:200]
+        raise PredictionError(f"{choice.path}: the checkpoint's contents are damaged or not "
+                              f"a JCSAugment run's ({type(e).__name__}: {detail}); use the "
+                              f"other checkpoint (--checkpoint) or train again") from None
+    prepare_for_inference(model.to(dev).eval(), dev)
     return LoadedRun(model, info, state, tea, dev, choice,
                      _inference_settings(folder, state, progress))
+
+
+def _device(spec: str) -> torch.device:
+    """``--device``: auto, cpu, cuda or cuda:N, checked against what torch sees."""
+    try:
+        dev = torch.device("cuda" if spec == "auto" and torch.cuda.is_available()
+                           else ("cpu" if spec == "auto" else spec))
+    except (RuntimeError, TypeError, ValueError):
+        raise PredictionError(f"--device {spec!r} is not a device; use auto, cpu, cuda or "
+                              f"cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PredictionError(f"--device {spec}: torch sees no CUDA device here (torch "
+                              f"{torch.__version__}); use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise PredictionError(f"--device {spec}: only {torch.cuda.device_count()} CUDA "
+                              f"device(s) exist")
+    if dev.type not in ("cpu", "cuda"):
+        raise PredictionError(f"--device {spec}: only cpu and cuda are supported")
+    return dev
+
+
+def _mapping(value):
+    """A checkpoint section that must be an object (None: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return value
 
 
 def _inference_settings(folder: RunFolder, state: Dict, progress: Progress) -> InferenceSpec:
@@ -216,14 +255,18 @@ def _case_outputs(images: Sequence[Sequence[str]], out_dir: str, uncertainty: bo
 
 def predict_cases(run: "str | os.PathLike | RunFolder", images: Sequence[Sequence[str]],
                   out_dir: str, options: Optional[PredictOptions] = None,
-                  progress: Progress = None, **option_fields) -> List[Dict]:
+                  progress: Progress = None,
+                  window_progress: Optional[Callable[[PredictProgress], None]] = None,
+                  **option_fields) -> List[Dict]:
     """Predict every case (a list of channel files each) into ``out_dir``; returns one record
     per case: its ``image`` files, ``prediction`` (and ``uncertainty``) paths, the ``tea``
     mode, ``tea_ops``, ``tea_weights``, ``step`` and the ``checkpoint`` used (``path``,
     ``which``, ``iteration``, ``note``).
 
     ``options`` (:class:`PredictOptions`) or its fields as keywords
-    (``predict_cases(run, images, out, tea="none")``); what is left ``None`` is the job's."""
+    (``predict_cases(run, images, out, tea="none")``); what is left ``None`` is the job's.
+    ``window_progress`` receives a :class:`~JCSAugmentLib.infer.progress.PredictProgress`
+    after every batch of windows (this case and all cases, with ETAs)."""
     try:
         options = dataclasses.replace(options or PredictOptions(), **option_fields)
     except TypeError as e:  # a misspelt keyword
@@ -234,10 +277,13 @@ def predict_cases(run: "str | os.PathLike | RunFolder", images: Sequence[Sequenc
     step = loaded.inference.step if options.step is None else options.step
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
         raise PredictionError(f"--step must be a fraction of the patch in (0, 1], got {step!r}")
+    bw = options.batch_windows
+    if bw is not None and (isinstance(bw, bool) or not isinstance(bw, int) or bw < 1):
+        raise PredictionError(f"--batch-windows must be a whole number >= 1, got {bw!r}")
     pre = loaded.state.get("preprocess") or {}
     settings = PreprocessSettings.from_dict(pre.get("settings") or {})
     n_ch = loaded.state["network"]["in_channels"]
-    volumes = []
+    volumes, window_counts = [], []
     for files in images:  # check everything before predicting anything
         try:
             vol = read_images(list(files))
@@ -251,13 +297,15 @@ def predict_cases(run: "str | os.PathLike | RunFolder", images: Sequence[Sequenc
             raise PredictionError(f"{files[0]}: the image {shape} (after preprocessing) is "
                                   f"smaller than one patch {tuple(loaded.info.output_size)}")
         volumes.append(vol)
+        window_counts.append(len(window_grid(shape, loaded.info.output_size, step)))
     outputs = _case_outputs(images, out_dir, options.uncertainty, options.overwrite)
     os.makedirs(out_dir, exist_ok=True)
     if progress:
         progress(f"TEA {tea}: ops {ops}; sliding-window step {step:g}")
     checkpoint = dataclasses.asdict(loaded.checkpoint)
     records = []
-    for files, vol, (out_path, u_path) in zip(images, volumes, outputs):
+    tracker = _WindowTracker(window_counts, window_progress)
+    for case, (files, vol, (out_path, u_path)) in enumerate(zip(images, volumes, outputs)):
         if progress:
             progress(f"predicting {os.path.basename(files[0])}")
         data, spacing, geom = preprocess_image(vol, settings, pre.get("ct_statistics"),
@@ -274,7 +322,8 @@ def predict_cases(run: "str | os.PathLike | RunFolder", images: Sequence[Sequenc
         logits, disagreement = sliding_window_predict(
             net, x, loaded.info.input_size, loaded.info.output_size,
             loaded.state["network"]["num_classes"], ops, weights, step=step, stats=stats,
-            uncertainty=options.uncertainty)
+            uncertainty=options.uncertainty, batch_windows=options.batch_windows,
+            progress=tracker.for_case(case, os.path.basename(files[0])))
         probs = torch.softmax(logits, 0).cpu().numpy()
         reference = _reference_image(vol)
         labels = _back_to_input_grid(probs, spacing, geom, reference)
@@ -292,6 +341,38 @@ def predict_cases(run: "str | os.PathLike | RunFolder", images: Sequence[Sequenc
             rec["uncertainty"] = u_path
         records.append(rec)
     return records
+
+
+class _WindowTracker:
+    """Turns each case's :class:`WindowProgress` into :class:`PredictProgress` records over
+    all cases: the overall ETA is the windows left (every case's count, known from its
+    preprocessed shape before anything runs) at the mean time per window so far."""
+
+    def __init__(self, counts: Sequence[int], callback):
+        self.counts = list(counts)
+        self.callback = callback
+        self.finished = 0  # windows of the cases already done
+        self.started: Optional[float] = None
+
+    def for_case(self, case: int, name: str):
+        if self.callback is None:
+            return None
+        import time
+
+        def report(w: WindowProgress) -> None:
+            now = time.perf_counter()
+            if self.started is None:
+                self.started = now - w.elapsed_s
+            self.counts[case] = w.windows_total  # the true count, should preprocessing differ
+            done = self.finished + w.windows_done
+            total = sum(self.counts)
+            elapsed = now - self.started
+            self.callback(PredictProgress(
+                case, len(self.counts), name, w.windows_done, w.windows_total, w.elapsed_s,
+                w.eta_s, done, total, elapsed, elapsed / max(done, 1) * (total - done)))
+            if w.windows_done == w.windows_total:
+                self.finished += w.windows_total
+        return report
 
 
 def _reference_image(vol) -> sitk.Image:

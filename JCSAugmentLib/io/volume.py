@@ -13,7 +13,10 @@ Conventions
 * Labels are int64 ``(1, Z, Y, X)``.
 
 Every problem with a file raises :class:`VolumeError`, whose message starts
-with the file path and then says what is wrong.
+with the file path and then says what is wrong.  Every reader here first
+checks the file (``io/file_checks.py``): a header claiming more than the
+memory budget (``JCSAUGMENT_MAX_VOLUME_GB``) and an incomplete or corrupt
+payload are refused before a voxel is decoded.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..image_files import GRID_TOLERANCE, IMAGE_EXTENSIONS, is_image_file
+from .file_checks import check_volume_file
 
 __all__ = [
     "VolumeError",
@@ -112,8 +116,10 @@ class Volume:
 # --------------------------------------------------------------------------
 
 
-def _read_sitk(path: PathLike) -> Tuple[str, sitk.Image]:
-    """Read ``path`` with SimpleITK and reduce it to a 3D image."""
+def _read_sitk(path: PathLike, kind: str = "image") -> Tuple[str, sitk.Image]:
+    """Read ``path`` with SimpleITK and reduce it to a 3D image.  The file is checked first
+    (:func:`~JCSAugmentLib.io.file_checks.check_volume_file`: the decoded size against the
+    memory budget, and a complete payload), so no voxel of a refused file is decoded."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VolumeError(path, "file does not exist")
@@ -124,6 +130,7 @@ def _read_sitk(path: PathLike) -> Tuple[str, sitk.Image]:
             path,
             "unsupported file type; expected one of " + ", ".join(SUPPORTED_EXTENSIONS),
         )
+    check_volume_file(path, kind)
     try:
         image = sitk.ReadImage(path)
     except Exception as exc:  # SimpleITK raises RuntimeError with a long ITK trace
@@ -359,7 +366,7 @@ def read_label(path: PathLike, reference: Optional[Volume] = None) -> Volume:
     non-negative integer.  If ``reference`` is given, the label grid (size,
     spacing, origin, direction; relative tolerance 1e-4) must match it.
     """
-    path, image = _read_sitk(path)
+    path, image = _read_sitk(path, "label")
     if image.GetNumberOfComponentsPerPixel() > 1:
         raise VolumeError(
             path,

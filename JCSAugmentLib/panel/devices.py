@@ -167,7 +167,13 @@ class DeviceProbe:
             _kill_tree(p)
             return self._finish([_cpu(f"the GPU query did not answer within {self.timeout:g} s;"
                                       f" training runs on the CPU")], cache=False)
-        stdout, stderr = p.communicate()
+        try:
+            # the launcher has exited; a child it left holding the pipes must not hang the GUI
+            stdout, stderr = p.communicate(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            _kill_tree(p)
+            return self._finish([_cpu("the GPU query exited but left a process holding its "
+                                      "output; training runs on the CPU")], cache=False)
         return self._finish(parse_probe_output(stdout, p.returncode, stderr),
                             cache=p.returncode == 0)
 

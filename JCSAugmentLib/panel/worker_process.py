@@ -158,7 +158,8 @@ def worker_env(device: Optional[str] = None, base: Optional[Mapping[str, str]] =
     """The worker's environment: ``base`` (default ``os.environ``), ``PYTHONPATH`` with the
     folder holding JCSAugmentLib first, unbuffered output, and for ``device="cuda:N"``
     ``CUDA_VISIBLE_DEVICES`` naming that GPU (the N-th of an existing
-    ``CUDA_VISIBLE_DEVICES`` list, since the panel's device list was made under it)."""
+    ``CUDA_VISIBLE_DEVICES`` list, since the panel's device list was made under it), and
+    ``OMP_WAIT_POLICY=PASSIVE`` unless set (see ``JCSAugmentLib/threads.py``)."""
     env = dict(os.environ if base is None else base)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if PACKAGE_PARENT not in paths:
@@ -166,6 +167,10 @@ def worker_env(device: Optional[str] = None, base: Optional[Mapping[str, str]] =
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("PYTHONIOENCODING", "utf-8")
+    # the worker shares the machine with Slicer's GUI: idle OpenMP threads must sleep, and
+    # libgomp reads the policy when the worker imports torch (threads.py)
+    from ..threads import thread_environment
+    env = thread_environment(env)
     d = (device or "").strip().lower()
     if d.startswith("cuda:"):
         index = int(d.split(":", 1)[1])
@@ -198,6 +203,40 @@ def run_folder_busy(run: "str | RunFolder") -> Optional[str]:
     if pid_alive(pid):
         return f"A worker (pid {pid}) is already running in {run_dir}: stop it first."
     return None
+
+
+def signal_run_worker(run: "str | RunFolder", kill: bool = False) -> Optional[int]:
+    """SIGTERM (``kill``: SIGKILL) to the process group of the worker holding ``run``'s lock:
+    the kill path for a run the panel re-attached to (its process was started elsewhere).
+    Only a live pid on this host whose command line names JCSAugmentLib is signalled (a pid
+    reused by another program is left alone), never this process's own group. Returns the pid
+    signalled, or None."""
+    import socket
+    rec = RunFolder(run).lock_record()
+    pid = rec.get("pid") if rec else None
+    if not isinstance(pid, int) or rec.get("host") not in (None, socket.gethostname()) \
+            or not pid_alive(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"jcsaugment" not in f.read().lower():
+                return None
+    except OSError:
+        pass  # no /proc (macOS): the lock's pid is alive, trust it
+    if _WINDOWS:  # pragma: no cover - Windows only
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=30, creationflags=_CREATE_NO_WINDOW)
+        return pid
+    sig = signal.SIGKILL if kill else signal.SIGTERM
+    try:
+        group = os.getpgid(pid)
+        if group == os.getpgrp():
+            os.kill(pid, sig)
+        else:
+            os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        return None
+    return pid
 
 
 # ----------------------------------------------------------------------------- exit reasons
@@ -307,6 +346,45 @@ def _group_alive(pgid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+#: the detached stop's watchdog (python -c WATCHDOG PGID TIMEOUT GRACE): waits for the process
+#: group to end, SIGTERM after TIMEOUT s, SIGKILL GRACE s later (Windows: taskkill /T /F)
+_WATCHDOG = """
+import os, signal, subprocess, sys, time
+pid, timeout, grace = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+def alive():
+    if os.name == "nt":
+        out = subprocess.run(["tasklist", "/FI", "PID eq %d" % pid], capture_output=True,
+                             text=True).stdout
+        return str(pid) in out
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+def wait(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not alive():
+            sys.exit(0)
+        time.sleep(0.2)
+wait(timeout)
+if os.name == "nt":
+    subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True)
+    sys.exit(0)
+try:
+    os.killpg(pid, signal.SIGTERM)
+except OSError:
+    sys.exit(0)
+wait(grace)
+try:
+    os.killpg(pid, signal.SIGKILL)
+except OSError:
+    pass
+"""
 
 
 # ----------------------------------------------------------------------------- the process
@@ -466,14 +544,16 @@ class WorkerProcess:
         return True
 
     def begin_stop(self, timeout: float = 30.0, term_grace: float = 10.0,
-                   reason: str = "user") -> None:
+                   reason: str = "user", request: bool = True) -> None:
         """Start stopping without blocking: the stop request now, SIGTERM after ``timeout``
-        seconds, SIGKILL ``term_grace`` seconds later; drive it with :meth:`poll_stop`."""
+        seconds, SIGKILL ``term_grace`` seconds later; drive it with :meth:`poll_stop`.
+        ``request=False``: no stop request in the run folder (the run has already ended and
+        only its process is left), SIGTERM at once."""
         if self._proc is None or self._stop_phase is not None:
             return
         self._stop_timeout = float(timeout)
         self._term_grace = float(term_grace)
-        if self.request_stop(reason):
+        if request and self.request_stop(reason):
             self._stop_phase = "requested"
             self._stop_deadline = time.monotonic() + float(timeout)
         else:  # nothing cooperative to ask: terminate at once
@@ -504,6 +584,31 @@ class WorkerProcess:
             return False
         self._stop_phase = "done"
         return True
+
+    def stop_detached(self, timeout: float = 30.0, term_grace: float = 10.0,
+                      python: Optional[str] = None) -> Optional[subprocess.Popen]:
+        """Stop without waiting, for a GUI that is going away (Slicer's cleanup at exit): the
+        stop request now, and a small detached watchdog process (stdlib only, its own session)
+        that sends SIGTERM to the process group after ``timeout`` seconds and SIGKILL
+        ``term_grace`` seconds later if anything of it is still alive. Returns the watchdog
+        (None when nothing runs)."""
+        if self._proc is None or not self.running:
+            return None
+        self.request_stop("the Slicer panel closed")
+        self._stop_phase = self._stop_phase or "requested"
+        args = [python or find_python_slicer(), "-c", _WATCHDOG, str(self._proc.pid),
+                str(float(timeout)), str(float(term_grace))]
+        kwargs: Dict[str, object] = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
+                                     "stderr": subprocess.DEVNULL, "close_fds": True}
+        if _WINDOWS:  # pragma: no cover - Windows only
+            kwargs["creationflags"] = _CREATE_NO_WINDOW | getattr(
+                subprocess, "DETACHED_PROCESS", 0x8)
+        else:
+            kwargs["start_new_session"] = True
+        try:
+            return subprocess.Popen(args, **kwargs)
+        except OSError:  # no interpreter to run it: the stop request stays
+            return None
 
     def stop(self, timeout: float = 30.0, term_grace: float = 10.0,
              poll_interval: float = 0.1) -> Optional[int]:

@@ -16,14 +16,18 @@ import os
 import pickle
 import random
 import re
+import shutil
+import struct
 import tempfile
 import time
+import warnings
 import zipfile
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
 from .folder import BEST_CHECKPOINT as BEST, CHECKPOINT_DIR, LAST_CHECKPOINT as LAST
+from .control import describe_os_error
 from .status import fsync_dir, replace_with_retry
 
 FORMAT = "jcsaugment-checkpoint"
@@ -115,10 +119,28 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> str:
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
+            raise CheckpointError(f"cannot write checkpoint {path}: "
+                                  f"{describe_os_error(_without_filename(e))}") from e
+        if isinstance(e, RuntimeError) and _disk_full(folder):
+            # torch's zip writer turns a failed write into "enforce fail at
+            # inline_container.cc"; on a full disk say what the user can act on
+            raise CheckpointError(f"cannot write checkpoint {path}: no space left on device; "
+                                  f"free some space (the previous checkpoint is kept)") from e
         raise
     fsync_dir(folder)
     return path
+
+
+def _without_filename(e: OSError) -> OSError:
+    return OSError(e.errno, e.strerror) if e.errno is not None else e
+
+
+def _disk_full(folder: str, below: int = 16 * 2 ** 20) -> bool:
+    """Is the disk holding ``folder`` (nearly) full?"""
+    try:
+        return shutil.disk_usage(folder).free < below
+    except OSError:
+        return False
 
 
 def save_run_checkpoint(run_dir: str, state: Dict[str, Any], best: bool = False) -> str:
@@ -128,28 +150,70 @@ def save_run_checkpoint(run_dir: str, state: Dict[str, Any], best: bool = False)
     return RunFolder(run_dir).save_checkpoint(state, best=best)
 
 
+def _pickled_global(path: str, limit: int = 1 << 24) -> Optional[str]:
+    """The first global (``module.name``) a plain pickle file would import, or None.
+
+    torch names the blocked global only for its zip format; for a bare pickle (the legacy
+    format, or a hand-made file) its weights-only reader stops at the first opcode it does not
+    know.  :mod:`pickletools` walks the opcodes without executing any of them."""
+    import pickletools
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+        if data[:2] == b"PK":  # torch's zip format: torch names the global itself
+            return None
+        strings: List[str] = []
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                return arg.replace(" ", ".")
+            if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+            if isinstance(arg, str):
+                strings.append(arg)
+            if op.name == "STOP":
+                break
+    except Exception:  # not a pickle at all: no global to name
+        return None
+    return None
+
+
+def _refusal(path: str, torch_message: str) -> str:
+    """The message for a file ``torch.load(weights_only=True)`` refused to unpickle.
+
+    torch's own text advises re-running with ``weights_only=False``, which would run the code
+    in the file: that advice is never passed on.  The blocked global is named (torch 2.13:
+    "Trying to load unsupported GLOBAL posix.system whose module posix is blocked"; older:
+    "Unsupported global: GLOBAL x.y"; for a bare pickle: read from its opcodes)."""
+    m = re.search(r"GLOBAL\s+([A-Za-z_][\w.]*)", torch_message)
+    name = m.group(1) if m else _pickled_global(path)
+    if name:
+        return (f"checkpoint {path} holds code, not plain data (it would import and call "
+                f"{name}), and was refused; JCSAugment never writes such a file. Delete it, "
+                f"or replace it with a checkpoint from a run you trust")
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", torch_message, re.S)
+    why = " ".join(m.group(1).split())[:200] if m else "not plain data"
+    return f"checkpoint {path} is corrupt or not a checkpoint (unpickling refused: {why})"
+
+
 def _read_payload(path: str, map_location: Any) -> Dict[str, Any]:
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a folder, not a file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was never written "
+                              f"completely")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e)
-        m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if m:
-            raise CheckpointError(
-                f"checkpoint {path} holds objects that are not plain data ({m.group(1)}); "
-                f"refusing to load it (a run folder is data, never code)") from None
-        m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-        why = m.group(1).strip() if m else text.splitlines()[0] if text else ""
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint "
-                              f"(unpickling failed: {why})") from None
+        raise CheckpointError(_refusal(path, str(e))) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
-            AttributeError, IndexError, TypeError) as e:
+            AttributeError, IndexError, TypeError, struct.error, MemoryError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                              f"({type(e).__name__}{': ' + first if first else ''})"
                               ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a JCSAugment checkpoint (no "

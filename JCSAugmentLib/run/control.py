@@ -110,6 +110,71 @@ def pid_alive(pid: Any) -> bool:
     return True
 
 
+def process_start_time(pid: Any) -> Optional[float]:
+    """When process ``pid`` started (seconds since the epoch), or None where this cannot be
+    told (not Linux, no such process).  Read from ``/proc``: the process's start in clock ticks
+    after boot, plus the boot time."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rfind(b")") + 2:].split()
+        ticks = int(fields[19])  # field 22 of the whole line: starttime
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        return None
+
+
+#: seconds of slack when comparing start times (boot time is whole seconds, ticks 1/100 s)
+_START_SLACK = 2.0
+
+
+def pid_reused(record: Dict[str, Any]) -> bool:
+    """Is the process now holding the lock record's pid provably not the one that wrote it?
+    True when that process started after the record was written (or at another time than the
+    record says its writer started): the writer died and the pid was given to another process,
+    so the lock is stale.  False where start times cannot be read (not Linux)."""
+    pid = record.get("pid")
+    started = process_start_time(pid)
+    if started is None:
+        return False
+    recorded = record.get("pid_started_at")
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+        return abs(started - float(recorded)) > _START_SLACK
+    written = record.get("started_at")
+    if isinstance(written, (int, float)) and not isinstance(written, bool):
+        return started > float(written) + _START_SLACK
+    return False
+
+
+def live_worker(run_dir: str) -> Optional[Dict[str, Any]]:
+    """The lock record of the worker that holds ``run_dir`` now, or None when none does (no
+    run.lock, or one left by a process that died, or whose pid another process now has).
+    Reads only: creates and changes nothing."""
+    rec = read_lock(run_dir)
+    if rec is None:
+        return None
+    try:
+        fd = os.open(lock_path(run_dir), os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            if not _os_lock(fd):  # held by a live process (the OS drops it when one dies)
+                return rec or {"pid": "?"}
+            _os_unlock(fd)
+        finally:
+            os.close(fd)
+    if rec.get("host") not in (None, socket.gethostname()):
+        return rec  # another machine's worker: cannot be told from here; assume it runs
+    if pid_alive(rec.get("pid")) and not pid_reused(rec):
+        return rec
+    return None
+
+
 def _pid_alive_windows(pid: int) -> bool:  # pragma: no cover - Windows only
     import ctypes
     from ctypes import wintypes
@@ -251,14 +316,19 @@ class RunLock:
                             f"run folder {self.run_dir} is locked by pid {pid} on another "
                             f"machine ({other_host}); if no worker runs there any more, delete "
                             f"{self.path}")
-                    elif pid_alive(pid):
+                    elif pid_alive(pid) and not pid_reused(rec):
                         raise RunLockError(self._busy_message(rec))
+                    elif pid_alive(pid):
+                        self._warn(f"{self.path}: took over a stale lock: pid {pid} now "
+                                   f"belongs to another process, started after the lock was "
+                                   f"written (its worker crashed or was killed)")
                     elif pid is None:
                         self._warn(f"{self.path}: took over an unreadable lock file")
                     else:
                         self._warn(f"{self.path}: took over a stale lock from pid {pid}, which "
                                    f"is no longer running (a worker that crashed or was killed)")
                 record = {"pid": me, "host": host, "started_at": time.time(),
+                          "pid_started_at": process_start_time(me),
                           "argv": list(sys.argv[:1])}
                 data = json.dumps(record).encode("utf-8")
                 os.lseek(fd, 0, os.SEEK_SET)
@@ -390,6 +460,17 @@ def check_writable(run_dir: str, min_free_bytes: int = 16 * 2 ** 20) -> None:
                              f"the disk holding run folder {run_dir} is nearly full: "
                              f"{_mb(free)} free, a run needs at least {_mb(min_free_bytes)} for "
                              f"checkpoints and outputs; free some space or choose another folder")
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as a user reads it: ``"FILE: reason"``, where a full disk is always "no
+    space left on device" (whichever layer noticed it) and a refused write says what to do."""
+    reason = (e.strerror or os.strerror(e.errno)) if e.errno else str(e)
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        reason = "no space left on device; free some space or write somewhere else"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = f"{reason[:1].lower()}{reason[1:]}; choose a place you can write to"
+    return f"{e.filename}: {reason}" if e.filename is not None else reason
 
 
 def _explain(run_dir: str, e: OSError, verb: str) -> str:

@@ -177,6 +177,12 @@ class RunFolder:
         return self.file(POLICY_FILE)
 
     @property
+    def progress_png_path(self) -> str:
+        """``progress.png``: losses, validation Dice, learning rates and policy entropy, redrawn
+        by the worker at each validation (charts/progress_chart.py)."""
+        return self.file("progress.png")
+
+    @property
     def worker_log_path(self) -> str:
         return self.file(WORKER_LOG)
 

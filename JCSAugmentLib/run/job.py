@@ -156,6 +156,14 @@ class _Check:
         return v
 
 
+#: upper bounds of the job's sizes (the message names the bound when one is exceeded)
+MAX_EPOCHS = 100_000
+MAX_ITERATIONS_PER_EPOCH = 1_000_000
+MAX_BATCH_SIZE = 1024
+MAX_TEA_COPIES = 256
+MAX_PATCH_EDGE = 1024
+
+
 class _Int(_Check):
     def __init__(self, lo: Optional[int] = None, hi: Optional[int] = None, null: bool = False,
                  note: str = ""):
@@ -244,10 +252,11 @@ class _Path(_Check):
 
 
 class _Triple(_Check):
-    """Three positive numbers: a patch size (ints) or a spacing (floats)."""
+    """Three positive numbers: a patch size (ints, at most ``hi`` each) or a spacing."""
 
-    def __init__(self, ints: bool, null: bool = False, what: str = ""):
-        self.ints, self.null, self.what = ints, null, what
+    def __init__(self, ints: bool, null: bool = False, what: str = "",
+                 hi: Optional[float] = None):
+        self.ints, self.null, self.what, self.hi = ints, null, what, hi
         kind = "integers" if ints else "numbers"
         self.expected = f"3 positive {kind} {what}".rstrip() + (" or null" if null else "")
 
@@ -260,6 +269,9 @@ class _Triple(_Check):
                                               else isinstance(x, (int, float)))
             if not ok or not math.isfinite(x) or x <= 0:
                 raise JobError(path, f"expected {self.expected}, got {_show(list(v))}")
+            if self.hi is not None and x > self.hi:
+                raise JobError(path, f"{_show(list(v))} is out of range: each value must be "
+                                     f"<= {self.hi:g}")
             out.append(int(x) if self.ints else float(x))
         return out
 
@@ -361,7 +373,8 @@ class DataSpec:
 @dataclass
 class ModelSpec:
     backbone: str = _f("unet3d", _Choice(BACKBONES, "backbone"))
-    patch_size: Optional[List[int]] = _f(None, _Triple(True, null=True, what="[D, H, W]"))
+    patch_size: Optional[List[int]] = _f(None, _Triple(True, null=True, what="[D, H, W]",
+                                                       hi=MAX_PATCH_EDGE))
     base_features: int = _f(10, _Int(1, 1024))
     deep_supervision: bool = _f(True, _Bool())
 
@@ -370,12 +383,14 @@ class ModelSpec:
 class TrainingSpec:
     mode: str = _f("joint", _Choice(MODES, "mode"))
     init: Optional[str] = _f(None, _Choice(INITS, "initial policy", null=True))
-    epochs: int = _f(100, _Int(1))
-    iterations_per_epoch: int = _f(100, _Int(1))
-    batch_size: int = _f(10, _Int(1))
-    val_batch_size: int = _f(10, _Int(1))
-    tea_copies: int = _f(10, _Int(1))
-    policy_every: int = _f(1, _Int(1))
+    # upper bounds: far above any useful value, low enough that a typo (batch_size 200000)
+    # is refused with the bound named instead of hanging or exhausting memory
+    epochs: int = _f(100, _Int(1, MAX_EPOCHS))
+    iterations_per_epoch: int = _f(100, _Int(1, MAX_ITERATIONS_PER_EPOCH))
+    batch_size: int = _f(10, _Int(1, MAX_BATCH_SIZE))
+    val_batch_size: int = _f(10, _Int(1, MAX_BATCH_SIZE))
+    tea_copies: int = _f(10, _Int(1, MAX_TEA_COPIES))
+    policy_every: int = _f(1, _Int(1, MAX_ITERATIONS_PER_EPOCH))
     meta_grad: str = _f("exact", _Choice(META_GRADS, "meta-gradient method"))
     optimizer: str = _f("sgd", _Choice(OPTIMIZERS, "optimizer"))
     lr: float = _f(1e-2, _Float(0, lo_open=True))
@@ -389,9 +404,11 @@ class TrainingSpec:
     poly_power: float = _f(0.9, _Float(0))
     fg_fraction: float = _f(0.5, _Float(0, 1))
     val_loss: str = _f("ce+dice", _Choice(VAL_LOSSES, "validation loss"))
-    validate_every: int = _f(5, _Int(0, note=" (epochs; 0 = only at the end)"))
-    preview_every: int = _f(10, _Int(0, note=" (policy updates; 0 = never)"))
-    checkpoint_every: int = _f(100, _Int(1, note=" (iterations)"))
+    validate_every: int = _f(5, _Int(0, MAX_EPOCHS, note=" (epochs; 0 = only at the end)"))
+    preview_every: int = _f(10, _Int(0, MAX_ITERATIONS_PER_EPOCH,
+                                     note=" (policy updates; 0 = never)"))
+    checkpoint_every: int = _f(100, _Int(1, MAX_EPOCHS * MAX_ITERATIONS_PER_EPOCH,
+                                         note=" (iterations)"))
     pretrained: Optional[str] = _f(None, _Path(null=True, what="a checkpoint path"))
 
     def _validate(self, path: str) -> None:

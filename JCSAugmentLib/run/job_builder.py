@@ -22,7 +22,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional
 
-from .job import Job
+from .job import (DEFAULT_INIT, DEFAULT_PATCH_SIZE, DEFAULT_POLICY_LR, DEFAULT_TEA_LR,
+                  DEFAULT_TEA_LR_OTHER, Job)
 
 __all__ = ["TrainSettings", "new_job"]
 
@@ -50,6 +51,15 @@ class TrainSettings:
     tea_copies: Optional[int] = _setting("training.tea_copies")
     policy_every: Optional[int] = _setting("training.policy_every")
     meta_grad: Optional[str] = _setting("training.meta_grad")
+    # the optimisers: the task network's, and the learning rates of the two policies
+    optimizer: Optional[str] = _setting("training.optimizer")
+    lr: Optional[float] = _setting("training.lr")
+    momentum: Optional[float] = _setting("training.momentum")
+    nesterov: Optional[bool] = _setting("training.nesterov")
+    weight_decay: Optional[float] = _setting("training.weight_decay")
+    poly_power: Optional[float] = _setting("training.poly_power")
+    policy_lr: Optional[float] = _setting("training.policy_lr")
+    tea_lr: Optional[float] = _setting("training.tea_lr")
     pretrained: Optional[str] = _setting("training.pretrained")
     tea_at_inference: Optional[str] = _setting("inference.tea")
     predict_splits: Optional[List[str]] = _setting("inference.predict")
@@ -60,6 +70,22 @@ class TrainSettings:
     @classmethod
     def names(cls) -> List[str]:
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def job_field(cls, name: str) -> str:
+        """The dotted job field the setting ``name`` sets (``"epochs"`` -> its training field)."""
+        return cls.__dataclass_fields__[name].metadata["job_field"]
+
+    @classmethod
+    def job_default(cls, name: str) -> str:
+        """The job's default for setting ``name`` in words, read from the job schema (what a
+        new job has when the setting is not given): ``"100"``, ``"64 64 64"``, or for a field
+        whose null means "depends on another field" what it resolves to."""
+        job_field = cls.job_field(name)
+        value = Job().value(job_field)
+        if value is None:
+            return _NULL_MEANS.get(job_field, "none")
+        return _words(value)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "TrainSettings":
@@ -91,6 +117,34 @@ class TrainSettings:
     def from_job(cls, job: Job) -> "TrainSettings":
         """Every setting as ``job`` has it."""
         return cls(**{f.name: job.value(f.metadata["job_field"]) for f in fields(cls)})
+
+
+def _words(value: Any) -> str:
+    """A job value as a command line spells it (lists space-separated, booleans lower-case)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return " ".join(_words(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _per(what: str, table: Mapping[str, Any], other: Any = None) -> str:
+    parts = [f"{k} {_words(v)}" for k, v in table.items()]
+    if other is not None:
+        parts.append(f"other modes {_words(other)}")
+    return f"per {what}: " + ", ".join(parts)
+
+
+#: what a null job default resolves to (Job.resolved), for the settings whose default is null
+_NULL_MEANS = {
+    "model.patch_size": _per("backbone", DEFAULT_PATCH_SIZE),
+    "training.init": _per("backbone", DEFAULT_INIT),
+    "training.policy_lr": _per("backbone", DEFAULT_POLICY_LR),
+    "training.tea_lr": _per("mode", DEFAULT_TEA_LR, DEFAULT_TEA_LR_OTHER),
+    "time_budget_minutes": "no limit",
+}
 
 
 def new_job(data: Mapping[str, Any], settings: TrainSettings) -> Job:

@@ -14,12 +14,16 @@ and finishes with reason ``stopped``.  ``resume=True`` continues from ``checkpoi
 with the same iteration count, policies and random states.  Any failure is written as an
 ``error`` event with the traceback's tail; the last checkpoint stays.
 
-Exit codes: 0 completed, stopped or out of time budget; 1 failed while running; 2 the job or the
-run folder was refused before training started (one line on stderr, even with ``quiet``).
+Exit codes: 0 completed, stopped or out of time budget; 1 failed while running (out of memory,
+no space left on device, a bug); 2 the job or the run folder was refused before training
+started, or a case file turned out unusable (truncated, too large, NaN labels).  Every failure is
+one line on stderr, even with ``quiet`` (quiet silences progress, never errors), and goes to
+``status.json`` (failed, ``last_error``) and ``events.jsonl`` (``error``) with its reason.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -109,6 +113,8 @@ def run_worker(run: "str | RunFolder", resume: bool = False, quiet: bool = False
     new folder) and checked against it (``--resume`` keeps :data:`RESUME_FIXED_FIELDS`), a
     folder that already holds a checkpoint needs ``resume`` or ``restart`` (which sets the
     old checkpoints aside), and only then is job.json written."""
+    from ..threads import apply_thread_policy
+    apply_thread_policy()  # sleeping OpenMP threads beside a GUI, for this worker's children
     from .distributed import from_environment
     errors = stream or sys.stderr  # a refusal is said even when quiet
     stream = None if quiet else errors
@@ -146,7 +152,7 @@ def run_worker(run: "str | RunFolder", resume: bool = False, quiet: bool = False
             return EXIT_REFUSED
         ctx = from_environment(job.device)
         try:
-            return _run_main(folder, job, resume, stream, ctx, lock_warnings)
+            return _run_main(folder, job, resume, stream, ctx, lock_warnings, errors)
         finally:
             ctx.close()
     finally:
@@ -158,8 +164,11 @@ def _job_to_run(folder: RunFolder, overrides, new_job: Optional[Job], resume: bo
     WorkerRefused)."""
     stored = folder.job() if folder.has_job() else None
     if new_job is not None and stored is not None and not resume:
-        raise WorkerRefused(f"{folder.path} already holds a job.json: resume it with "
-                            f"'jcsaugment train {folder.path} --resume' or choose another folder")
+        advice = (f"resume it with 'jcsaugment train {folder.path} --resume'"
+                  if folder.has_checkpoint() else
+                  f"it has no checkpoint yet: start it with 'jcsaugment train {folder.path}'")
+        raise WorkerRefused(f"{folder.path} already holds a job.json: {advice}, or choose "
+                            f"another folder")
     base = stored if stored is not None else new_job
     if base is None:
         folder.job()  # raises the JobError that names the missing file
@@ -186,6 +195,7 @@ def _prepare_folder(folder: RunFolder, overrides, new_job, resume, restart,
     if resume and restart:
         raise WorkerRefused("--resume continues the run, --restart starts it again: give one")
     job = _job_to_run(folder, overrides, new_job, resume)
+    _check_device(job.device)
     missing = folder.missing_files(job)
     if missing:
         field, path = missing[0]
@@ -216,7 +226,23 @@ def _prepare_folder(folder: RunFolder, overrides, new_job, resume, restart,
     return job
 
 
-def _run_main(folder: RunFolder, job: Job, resume, stream, ctx, lock_warnings) -> int:
+def _check_device(spec: str) -> None:
+    """A job asking for CUDA on a machine without it is refused before anything is written."""
+    if not isinstance(spec, str) or not spec.startswith("cuda"):
+        return
+    import torch
+    if not torch.cuda.is_available():
+        raise WorkerRefused(f"job.json: device: {spec!r} asked for, but torch sees no CUDA "
+                            f"device here (torch {torch.__version__}); use --device cpu or "
+                            f"auto", report=True)
+    index = spec.partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise WorkerRefused(f"job.json: device: {spec!r} asked for, but only "
+                            f"{torch.cuda.device_count()} CUDA device(s) exist", report=True)
+
+
+def _run_main(folder: RunFolder, job: Job, resume, stream, ctx, lock_warnings,
+              errors: Optional[TextIO] = None) -> int:
     events = folder.event_writer()
     for w in lock_warnings:
         events.warning(w)
@@ -232,7 +258,7 @@ def _run_main(folder: RunFolder, job: Job, resume, stream, ctx, lock_warnings) -
         # A stop file left by the previous worker must not stop this one (resume included);
         # a stop asked for from now on is honoured.
         folder.clear_stop()
-        return _train(folder, job, resume, events, stream, stop_signal, ctx)
+        return _train(folder, job, resume, events, stream, stop_signal, ctx, errors)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -253,7 +279,8 @@ def _refuse(folder: RunFolder, message: str, stream, report: bool = True):
         pass
 
 
-def _train(folder: RunFolder, job: Job, resume, events, stream, stop_signal, ctx) -> int:
+def _train(folder: RunFolder, job: Job, resume, events, stream, stop_signal, ctx,
+           errors: Optional[TextIO] = None) -> int:
     from ..policy.policy_json import save_policy
     from .trainer import Trainer
 
@@ -324,13 +351,50 @@ def _train(folder: RunFolder, job: Job, resume, events, stream, stop_signal, ctx
             stream.write("\n")
         return _finish(folder, trainer, events, save_policy, "completed", started, ctx)
     except Exception as e:  # the worker's job is to report, not to crash silently
-        message = f"{type(e).__name__}: {e}"
-        events.error(message, traceback_tail(e))
-        _status("failed", started_at=started, last_error=message,
-                iteration=getattr(trainer, "iteration", None))
-        if stream:
-            stream.write(f"\njcsaugment train: failed: {message}\n")
-        return EXIT_FAILED
+        message, code = failure_reason(e)
+        try:  # on a full disk even these small writes may fail: the line below still comes
+            events.error(message, traceback_tail(e))
+            _status("failed", started_at=started, last_error=message,
+                    iteration=getattr(trainer, "iteration", None))
+        except OSError:
+            pass
+        out = errors or stream  # said even when quiet: quiet silences progress, not errors
+        if out:
+            out.write(("\n" if stream and getattr(stream, "isatty", lambda: False)() else "")
+                      + f"jcsaugment train: error: {' '.join(message.split())}\n")
+        return code
+
+
+def failure_reason(e: BaseException):
+    """(the reason in words, exit code) of a failure while training: the input's fault (a bad
+    case file, job or checkpoint) is exit 2; out of memory and a full disk say so; anything
+    else is exit 1 with the exception's type."""
+    from ..data.dataset import DataError
+    from ..io.volume import VolumeError
+    from ..policy.policy_json import PolicyFileError
+    from ..run.checkpoint import CheckpointError
+    from ..run.control import describe_os_error
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:  # the error and what caused it
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    first = chain[0]
+    for err in chain:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            # a checkpoint's own message names the checkpoint and says "no space left"
+            text = str(first) if isinstance(first, CheckpointError) else describe_os_error(err)
+            return text, EXIT_FAILED
+    text = str(first)
+    if isinstance(first, MemoryError) or "out of memory" in text.lower() or \
+            "can't allocate memory" in text.lower():
+        return (f"out of memory ({type(first).__name__}: {' '.join(text.split())[:200]}); use "
+                f"a smaller batch_size or patch_size, or a machine with more memory"), EXIT_FAILED
+    if isinstance(first, (DataError, VolumeError, JobError, CheckpointError, PolicyFileError)):
+        return text, EXIT_REFUSED
+    if isinstance(first, OSError):
+        return describe_os_error(first), EXIT_FAILED
+    return f"{type(first).__name__}: {text}", EXIT_FAILED
 
 
 def _stop_reason(folder: RunFolder, stop_signal, budget, started) -> Optional[str]:
@@ -372,9 +436,20 @@ def _checkpoint(folder: RunFolder, trainer, events, best=False):
     return path
 
 
+def _progress_png(folder: RunFolder, events):
+    """Redraw progress.png from the events; a picture that fails is a warning, not a failed
+    run (training does not depend on it)."""
+    from ..charts.progress_chart import write_progress_png
+    try:
+        write_progress_png(folder)
+    except Exception as e:  # noqa: BLE001 - any drawing problem
+        events.warning(f"progress.png not drawn: {type(e).__name__}: {e}")
+
+
 def _validate(folder: RunFolder, trainer, events, epoch):
     metrics = trainer.validate()
     events.validation(epoch, metrics)
+    _progress_png(folder, events)
     score = metrics.get("dice_foreground", -math.inf)
     if score > trainer.best_metric:
         trainer.best_metric = score

@@ -255,6 +255,12 @@ def test_worker_env_names_the_gpu_and_finds_the_package():
     assert "CUDA_VISIBLE_DEVICES" not in worker_env("cpu", base={})
 
 
+def test_worker_env_lets_idle_openmp_threads_sleep_unless_the_user_chose():
+    # the worker shares the cores with Slicer's GUI (threads.py says why)
+    assert worker_env("cpu", base={})["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert worker_env("cpu", base={"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
 def test_train_and_predict_commands(tmp_path):
     w = WorkerProcess(str(tmp_path / "run"), python="/opt/Slicer/bin/PythonSlicer",
                       resume=True)

@@ -166,7 +166,9 @@ def test_stop_without_a_run_folder_is_one_line(tmp_path, capsys, what):
 
 
 def test_stop_asks_the_folders_worker(tmp_path, capsys):
-    assert main(["stop", str(tmp_path)]) == 0
+    from JCSAugmentLib.run.control import RunLock
+    with RunLock(str(tmp_path)):  # a live worker holds the folder
+        assert main(["stop", str(tmp_path)]) == 0
     assert RunFolder(tmp_path).stop_requested()
     assert "stop after its current iteration" in capsys.readouterr().out
 

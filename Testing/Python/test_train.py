@@ -237,7 +237,7 @@ def test_a_case_without_foreground_fails_before_training_with_its_name(cases, tm
     run = str(tmp_path / "run")
     os.makedirs(run)
     save_job(run, job_dict([cases[0], empty, cases[2], cases[3]], "joint"))
-    assert run_worker(run, quiet=True) == 1
+    assert run_worker(run, quiet=True) == 2  # the input's fault: refused, in one line
     err = read_events(run)[-1]
     assert err["kind"] == "error" and "c1" in err["message"] and "foreground" in err["message"]
     assert read_status(run)["state"] == "failed"

@@ -1,0 +1,104 @@
+"""Batched sliding window: the same logits, disagreement and noise as one window at a time,
+fewer network calls, and one progress record per batch."""
+
+import pytest
+import torch
+
+from JCSAugmentLib.augment.tables import TEA_INDEX, TEA_MIRROR_OPS_NNUNET
+from JCSAugmentLib.infer.sliding_window import (WindowProgress, default_batch_windows,
+                                                sliding_window_predict, window_grid)
+from JCSAugmentLib.nets.unet3d import UNet3D
+
+# mirrors, a resampled op (its inverse pads), a quarter turn of a non-cubic window (another
+# shape, so another network call) and a noise op (draws from the seeded generator)
+MIXED_OPS = [0, TEA_INDEX["flip_axis1"], TEA_INDEX["rotate_axis0_+15"],
+             TEA_INDEX["rot90_axis0_+90"], TEA_INDEX["noise_0.125"]]
+
+
+def _unet():
+    torch.manual_seed(0)
+    net = UNet3D(1, 3, base_features=4, max_features=16, strides=((1, 1, 1), (2, 2, 2)),
+                 deep_supervision=False).eval()
+    calls = []
+
+    def predict(b):
+        calls.append(b.shape[0])
+        return net(b)
+    return predict, calls
+
+
+def _image(shape=(20, 26, 30)):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(1, *shape, generator=g)
+
+
+@pytest.mark.parametrize("ops", [[0], list(TEA_MIRROR_OPS_NNUNET[:4]), MIXED_OPS])
+def test_batched_windows_give_the_one_window_result(ops):
+    predict, calls = _unet()
+    image = _image()
+    window = (12, 12, 16)  # non-cubic: the quarter turn about axis 0 swaps H and W
+    one, u_one = sliding_window_predict(predict, image, window, window, 3, ops,
+                                        uncertainty=True, batch_windows=1)
+    single_calls = len(calls)
+    calls.clear()
+    batched, u_batched = sliding_window_predict(predict, image, window, window, 3, ops,
+                                                uncertainty=True, batch_windows=5)
+    assert torch.allclose(one, batched, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(u_one, u_batched, atol=1e-5, rtol=1e-5)
+    # the noise op saw the same noise: a different seed moves the result far more than 1e-5
+    if TEA_INDEX["noise_0.125"] in ops:
+        other, _ = sliding_window_predict(predict, image, window, window, 3, ops, seed=1,
+                                          batch_windows=5)
+        assert (other - one).abs().max() > 1e-3
+    # fewer, bigger network calls: windows of one batch share them
+    windows = len(window_grid(image.shape[1:], window, 0.5))
+    assert windows > 5 and len(calls) < single_calls and max(calls) > len(ops)
+
+
+def test_the_default_batch_equals_the_one_window_path_on_a_deepmedic_like_context():
+    # input context larger than the output (windows read padding at the volume's border)
+    conv = torch.nn.Conv3d(1, 2, 5).eval()
+
+    def predict(b):
+        return conv(b)
+    image = _image((16, 16, 16))
+    one, _ = sliding_window_predict(predict, image, (12, 12, 12), (8, 8, 8), 2, [0, 29],
+                                    batch_windows=1)
+    default, _ = sliding_window_predict(predict, image, (12, 12, 12), (8, 8, 8), 2, [0, 29])
+    assert torch.allclose(one, default, atol=1e-6)
+
+
+def test_progress_reports_every_batch_with_an_eta():
+    predict, _ = _unet()
+    image = _image()
+    events = []
+    sliding_window_predict(predict, image, (12, 12, 12), (12, 12, 12), 3, [0],
+                           batch_windows=4, progress=events.append)
+    total = len(window_grid(image.shape[1:], (12, 12, 12), 0.5))
+    assert all(isinstance(e, WindowProgress) for e in events)
+    assert len(events) == -(-total // 4)
+    assert [e.windows_done for e in events] == sorted({min(4 * (i + 1), total)
+                                                       for i in range(len(events))})
+    assert all(e.windows_total == total for e in events)
+    assert sum(e.batch_windows for e in events) == total
+    assert events[-1].eta_s == 0 and events[-1].fraction == 1.0
+    assert all(e.eta_s >= 0 and e.elapsed_s >= 0 for e in events)
+
+
+def test_the_default_batch_size_follows_the_device():
+    assert default_batch_windows("cpu", 1) == 2
+    assert default_batch_windows("cpu", 8) == 1  # nnU-Net's mirrors already fill a call
+    # a GPU: half the free memory over the measured cost of a window's inputs, capped
+    assert default_batch_windows("cuda", 8, bytes_per_image=10 ** 8, free_bytes=32 * 10 ** 9) \
+        == 20
+    assert default_batch_windows("cuda", 1, bytes_per_image=10, free_bytes=10 ** 12) == 64
+    assert default_batch_windows("cuda", 8) == 1  # not measured yet
+    assert default_batch_windows("cuda", 8, bytes_per_image=10 ** 10, free_bytes=10 ** 9) == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_a_bad_batch_size_is_refused(bad):
+    predict, _ = _unet()
+    with pytest.raises(ValueError, match="batch_windows"):
+        sliding_window_predict(predict, _image(), (12, 12, 12), (12, 12, 12), 3, [0],
+                               batch_windows=bad)
