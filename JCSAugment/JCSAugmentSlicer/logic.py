@@ -577,6 +577,9 @@ class RunLogic:
         refPath = os.path.join(outDir, "inputs", os.path.basename(item["output"])
                                .replace(".nrrd", "_reference.nrrd"))
         export_label_node(item["reference_node"], item["image_node"], refPath)
+        from JCSAugmentLib.io.file_checks import check_volume_file
+        for path in (item["output"], refPath):  # the engine's one checked reading path
+            check_volume_file(path, "label")
         pred = sitk.ReadImage(item["output"])
         ref = sitk.ReadImage(refPath)
         spacing = tuple(reversed(pred.GetSpacing()))  # numpy (z, y, x) order

@@ -46,8 +46,13 @@ class PairedDifference:
         ci = f"{self.level:.0%} interval [{self.low:+.3f}, {self.high:+.3f}]"
         if self.excludes_zero:
             side = "higher" if self.low > 0 else "lower"
-            return (f"{what}: {self.mean:+.3f} ({ci}, {self.up} up / {self.down} down, sign "
-                    f"test p = {self.p_sign:.3g}): B is {side} than A beyond the seed noise")
+            counts = f"{ci}, {self.up} up / {self.down} down, sign test p = {self.p_sign:.3g}"
+            if self.p_sign < 1 - self.level:
+                return f"{what}: {self.mean:+.3f} ({counts}): B is {side} than A beyond the noise"
+            # a percentile bootstrap over few pairs is optimistic; the sign test is not
+            return (f"{what}: {self.mean:+.3f} ({counts}): the interval excludes 0 but the "
+                    f"sign test does not reach {1 - self.level:.2g} -- B looks {side} than A; "
+                    f"more pairs would settle it")
         return (f"{what}: {self.mean:+.3f} ({ci}, {self.up} up / {self.down} down, sign test "
                 f"p = {self.p_sign:.3g}): the interval includes 0, so this is not "
                 f"distinguishable from noise at {self.n} pairs")

@@ -252,7 +252,7 @@ def curve_png(view_state: Any, width: int = 900, height: int = 320,
 
 
 def section_pictures(out_dir: str, run_dir: Optional[str] = None) -> Dict[str, str]:
-    """README pictures of the panel's sections, from the same drawing code: ``progress.png``
+    """README pictures of the panel's sections, from the same drawing code: ``curves.png``
     (curves), the policy PNGs and ``preview.png`` (the worker's preview grid), from
     ``run_dir``'s events, or, without a run, the nnU-Net heuristic policies."""
     import shutil
@@ -263,7 +263,7 @@ def section_pictures(out_dir: str, run_dir: Optional[str] = None) -> Dict[str, s
     policy_source: Any = None
     if run_dir is not None:
         view = RunMonitor(run_dir).poll_until_current()
-        p = os.path.join(out_dir, "progress.png")
+        p = os.path.join(out_dir, "curves.png")  # not the run folder's progress.png
         atomic_write_bytes(p, curve_png(view))
         paths["progress"] = p
         if RunFolder(run_dir).has_policy():

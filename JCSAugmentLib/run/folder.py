@@ -46,6 +46,7 @@ from .status import (STATUS_FILE, SymlinkRefused, atomic_write_json, atomic_writ
                      read_status, symlink_message, write_status)
 
 POLICY_FILE = "policy.json"
+PROGRESS_PNG_FILE = "progress.png"
 PREVIEWS_DIR = "previews"
 PREDICTIONS_DIR = "predictions"
 CHECKPOINT_DIR = "checkpoints"
@@ -180,7 +181,7 @@ class RunFolder:
     def progress_png_path(self) -> str:
         """``progress.png``: losses, validation Dice, learning rates and policy entropy, redrawn
         by the worker at each validation (charts/progress_chart.py)."""
-        return self.file("progress.png")
+        return self.file(PROGRESS_PNG_FILE)
 
     @property
     def worker_log_path(self) -> str:

@@ -21,7 +21,11 @@ def test_clear_gain_excludes_zero_and_noise_does_not():
     assert gain.n == 5 and gain.up == 5 and gain.down == 0
     assert gain.mean == pytest.approx(0.07)
     assert 0 < gain.low <= gain.mean <= gain.high
-    assert gain.excludes_zero and "beyond the seed noise" in gain.verdict()
+    # 5 of 5 up: sign test p = 0.0625 > 0.05, so the verdict says the interval alone
+    assert gain.excludes_zero and "sign test does not reach" in gain.verdict()
+    many = [0.1 * i for i in range(8)]
+    clear = paired_difference(many, [x + 0.05 for x in many])
+    assert clear.p_sign < 0.05 and "beyond the noise" in clear.verdict()
     noise = paired_difference(a, [x + d for x, d in zip(a, [0.09, -0.08, 0.02, -0.03, 0.01])])
     assert noise.low < 0 < noise.high
     assert not noise.excludes_zero and "includes 0" in noise.verdict()

@@ -300,7 +300,7 @@ def test_the_run_package_imports_neither_torch_nor_numpy():
 RUN_FOLDER_NAMES = {"job.json", "events.jsonl", "status.json", "run.lock", "policy.json",
                     "previews", "predictions", "checkpoints", "worker.log", "last.pt",
                     "best.pt", "preview_latest.npz", "preview_latest.png",
-                    "preview_latest.json"}
+                    "preview_latest.json", "progress.png"}
 
 
 def test_no_module_outside_the_run_package_spells_a_run_folder_file_name():
