@@ -20,8 +20,17 @@ import types
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 MODULE_DIR = os.path.join(REPO, "JCSAugment")
 MODULE_FILE = os.path.join(MODULE_DIR, "JCSAugment.py")
-SLICER_SOURCES = os.path.abspath(os.path.join(REPO, "..", "shared", "slicer-python-5.12.3",
-                                              "slicer"))
+#: where Slicer 5.12.3's Python sources may lie (never copied into the repository): the folder
+#: named by JCSAUGMENT_SLICER_PYTHON, ../shared beside the repository (a working checkout), or
+#: the project's shared folder on this machine (a clone elsewhere, as CI makes one)
+SLICER_SOURCE_CANDIDATES = [p for p in (
+    os.environ.get("JCSAUGMENT_SLICER_PYTHON"),
+    os.path.join(REPO, "..", "shared", "slicer-python-5.12.3"),
+    "/work/shared/slicer-python-5.12.3") if p]
+SLICER_SOURCES = next((os.path.abspath(os.path.join(p, "slicer"))
+                       for p in SLICER_SOURCE_CANDIDATES
+                       if os.path.isdir(os.path.join(p, "slicer"))),
+                      os.path.abspath(os.path.join(SLICER_SOURCE_CANDIDATES[0], "slicer")))
 #: Slicer's own modules that the tier takes from SLICER_SOURCES (the wheel's are set aside)
 SLICER_PARTS = ("slicer.util", "slicer.i18n", "slicer.ScriptedLoadableModule",
                 "slicer.parameterNodeWrapper")
@@ -35,9 +44,9 @@ def missing_prerequisite():
     if importlib.util.find_spec("slicer_core") is None:
         return "slicer-core (the MRML wheel) is not installed: pip install -e '.[test]'"
     if not os.path.isdir(SLICER_SOURCES):
-        return (f"Slicer's Python sources are not at {SLICER_SOURCES} (the tier uses Slicer "
-                f"5.12.3's ScriptedLoadableModule and parameterNodeWrapper from "
-                f"../shared/slicer-python-5.12.3 next to the repository)")
+        return (f"Slicer's Python sources are not in any of {SLICER_SOURCE_CANDIDATES} (the "
+                f"tier uses Slicer 5.12.3's ScriptedLoadableModule and parameterNodeWrapper; "
+                f"set JCSAUGMENT_SLICER_PYTHON to the slicer-python-5.12.3 folder)")
     return None
 
 
