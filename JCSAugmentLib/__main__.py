@@ -11,4 +11,4 @@ except ValueError:
 
 from .cli import main  # noqa: E402
 
-sys.exit(main())
+sys.exit(main(own_process=True))

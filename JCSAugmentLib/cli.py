@@ -205,7 +205,8 @@ def _cmd_train(args) -> int:
             raise UsageError(f"{args.run_dir}: no such run folder (create one with --dataset "
                              f"DIR --out {args.run_dir})")
     return run_worker(folder, resume=args.resume, quiet=args.quiet, overrides=overrides,
-                      restart=args.restart, new_job=new_job)
+                      restart=args.restart, new_job=new_job,
+                      hold_lock_until_exit=getattr(args, "own_process", False))
 
 
 def _cmd_predict(args) -> int:
@@ -617,11 +618,13 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, own_process: bool = False) -> int:
     """Run one command; returns the exit status.  A user error (bad file, option, policy, run
     folder, full disk) is one line ``jcsaugment CMD: error: ...`` on stderr and status 2; any
     other failure is one line and status 1.  ``--debug`` (before the command) shows the
-    traceback instead."""
+    traceback instead. ``own_process``: this process ends when the command returns (the
+    ``jcsaugment`` script, ``python -m JCSAugmentLib``): ``train`` then keeps its run folder's
+    lock until the process has exited."""
     # before build_parser(): it imports torch, and libgomp reads OMP_WAIT_POLICY only then
     from .threads import apply_thread_policy
     try:
@@ -633,6 +636,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (for bug reports)")
     args = parser.parse_args(argv)
+    args.own_process = own_process
     if args.debug:
         return args.func(args)
     user_errors = _user_error_types()
@@ -662,5 +666,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
 
 
+def console_main() -> int:
+    """The ``jcsaugment`` console script: :func:`main` in a process of its own."""
+    return main(own_process=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())

@@ -255,6 +255,10 @@ def _os_unlock(fd: int) -> None:
         pass
 
 
+#: lock descriptors a worker keeps until its process exits (RunLock.release(until_exit=True))
+_HELD_UNTIL_EXIT: List[int] = []
+
+
 class RunLock:
     """One worker per run folder.
 
@@ -324,6 +328,8 @@ class RunLock:
                                    f"written (its worker crashed or was killed)")
                     elif pid is None:
                         self._warn(f"{self.path}: took over an unreadable lock file")
+                    elif rec.get("released_at") is not None:
+                        pass  # a worker that ended cleanly and held the lock until its exit
                     else:
                         self._warn(f"{self.path}: took over a stale lock from pid {pid}, which "
                                    f"is no longer running (a worker that crashed or was killed)")
@@ -346,6 +352,9 @@ class RunLock:
 
     def _busy_message(self, rec: Dict[str, Any]) -> str:
         pid = rec.get("pid", "?")
+        if rec.get("released_at") is not None:
+            return (f"run folder {self.run_dir}: the worker pid {pid} has ended its run and is "
+                    f"still exiting; try again in a moment")
         started = rec.get("started_at")
         when = ""
         if isinstance(started, (int, float)):
@@ -353,9 +362,27 @@ class RunLock:
         return (f"run folder {self.run_dir} is in use by worker pid {pid}{when}; stop that run "
                 f"first (or use another run folder)")
 
-    def release(self) -> None:
+    def release(self, until_exit: bool = False) -> None:
+        """Give the folder back. ``until_exit`` (a worker process that is about to end): keep
+        the OS lock until this process has really exited -- the kernel drops it then -- and
+        mark the record released, so that no second worker starts on the folder (and on its
+        GPU) while this one is still tearing down torch and CUDA; the next worker takes the
+        lock over without a stale-lock warning. Only for a process's own last act: within one
+        process a later lock on the same folder would find it held."""
         fd, self._fd = self._fd, None
         if fd is None:
+            return
+        if until_exit and os.name != "nt":
+            try:
+                rec = _read_fd(fd) or {}
+                rec["released_at"] = time.time()
+                data = json.dumps(rec).encode("utf-8")
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.ftruncate(fd, 0)
+                os.write(fd, data)
+            except OSError:
+                pass  # the lock still holds; only the marker is missing
+            _HELD_UNTIL_EXIT.append(fd)  # never closed: the process's exit releases it
             return
         if os.name == "nt":  # pragma: no cover - an open file cannot be removed there
             _os_unlock(fd)

@@ -103,9 +103,12 @@ class _Silent:
 
 def run_worker(run: "str | RunFolder", resume: bool = False, quiet: bool = False,
                stream: Optional[TextIO] = None, overrides: Optional[Dict[str, object]] = None,
-               restart: bool = False, new_job: Optional[Job] = None) -> int:
+               restart: bool = False, new_job: Optional[Job] = None,
+               hold_lock_until_exit: bool = False) -> int:
     """Run (or resume) the job of ``run``; returns the exit code.  Under torchrun every rank
-    calls this; rank 0 owns the run folder.
+    calls this; rank 0 owns the run folder. ``hold_lock_until_exit``: the calling process
+    ends after this returns (``python -m JCSAugmentLib train``, the panel's worker): keep
+    ``run.lock`` until it has exited, so no second worker starts during its teardown.
 
     In this order, so that a refused start changes nothing: the folder's entries are checked
     (no symbolic links), the lock is taken, ``overrides`` (dotted job fields, e.g.
@@ -156,7 +159,7 @@ def run_worker(run: "str | RunFolder", resume: bool = False, quiet: bool = False
         finally:
             ctx.close()
     finally:
-        lock.release()
+        lock.release(until_exit=hold_lock_until_exit)
 
 
 def _job_to_run(folder: RunFolder, overrides, new_job: Optional[Job], resume: bool) -> Job:

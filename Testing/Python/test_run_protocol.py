@@ -799,6 +799,51 @@ def test_run_lock_held_by_another_process(tmp_path):
     assert said and f"pid {p.pid}" in said[0]
 
 
+def test_a_worker_ending_its_run_keeps_the_lock_until_its_process_exits(tmp_path):
+    """release(until_exit=True), what `python -m JCSAugmentLib train` does: while the old
+    process still tears down (torch, CUDA) no second worker may start on the folder; once it
+    has exited the next one takes over without a stale-lock warning."""
+    run = str(tmp_path)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
+            "from JCSAugmentLib.run import RunLock; l = RunLock(sys.argv[2]).acquire();"
+            "l.release(until_exit=True); print('released', flush=True); sys.stdin.readline()")
+    p = subprocess.Popen([sys.executable, "-c", code, ROOT, run], stdout=subprocess.PIPE,
+                         stdin=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "released"
+        with pytest.raises(RunLockError, match=f"pid {p.pid} has ended its run and is still "
+                                               f"exiting"):
+            RunLock(run).acquire()
+    finally:
+        p.communicate("\n", timeout=60)  # lets the process end normally
+    said = []
+    with RunLock(run, on_warning=said.append):
+        pass
+    assert said == []
+
+
+def test_worker_process_holds_its_lock_until_exit_and_in_process_calls_do_not(tmp_path):
+    from JCSAugmentLib import cli
+    from JCSAugmentLib.train import worker
+    seen = {}
+
+    def fake_run_worker(folder, **kw):
+        seen.update(kw)
+        return 0
+    original = worker.run_worker
+    worker.run_worker = fake_run_worker
+    try:
+        job = tmp_path / "run"
+        job.mkdir()
+        (job / "job.json").write_text("{}")
+        cli.main(["train", str(job)])
+        assert seen["hold_lock_until_exit"] is False  # in-process (tests, the demo)
+        cli.main(["train", str(job)], own_process=True)
+        assert seen["hold_lock_until_exit"] is True  # the jcsaugment script, python -m
+    finally:
+        worker.run_worker = original
+
+
 def test_check_writable(tmp_path, monkeypatch):
     run = tmp_path / "new" / "run"
     check_writable(str(run))
