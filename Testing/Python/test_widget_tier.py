@@ -205,13 +205,15 @@ def test_panel_train_stop_resume_segment_reattach(tier):
     # reloaded panel re-attaches and when the hung-worker stop below is tried (a stopped
     # process stays alive and holds run.lock). The worker writes status.json at iteration 1,
     # then every 2 s, so the test watches the run folder itself, faster than the panel's
-    # timer, and waits for the first checkpoint too (TINY: one per iteration), which Resume
-    # needs after the frozen worker is killed.
+    # timer, and waits for the first checkpoint's event (TINY: one per iteration), which
+    # Resume needs after the frozen worker is killed.
     from JCSAugmentLib.run.folder import RunFolder
     folder = RunFolder(runDir)
-    _wait(tier, w, lambda: (int((folder.status() or {}).get("iteration") or 0) >= 1
-                            and os.path.isfile(folder.checkpoint_path("last"))), 120,
-          "the first iteration and its checkpoint")
+    from JCSAugmentLib.run.events import CheckpointWritten
+
+    def first_checkpoint_said():  # the event comes after the file: the panel reads the event
+        return any(isinstance(e, CheckpointWritten) for e in folder.read_events())
+    _wait(tier, w, first_checkpoint_said, 120, "the first iteration's checkpoint event")
     os.killpg(os.getpgid(worker.pid), signal.SIGSTOP)
     _wait(tier, w, lambda: w._view is not None and w._view.iteration >= 1, 60,
           "the first iteration in the panel")
