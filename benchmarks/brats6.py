@@ -95,6 +95,23 @@ def prepare(data: str, out: str):
     return cases, splits
 
 
+def test_inputs(cases, splits, out: str):
+    """(channel files of each test case, the reference folder): the test labels copied into
+    ``OUT/reference`` under the names the predictions will have."""
+    refs = os.path.join(out, "reference")
+    os.makedirs(refs, exist_ok=True)
+    images = []
+    for c in cases:
+        if c["id"] in splits["test"]:
+            shutil.copy(c["label"], os.path.join(refs, f"{c['id']}.nii.gz"))
+            # predictions are named after the first channel file: give each case its own name
+            named = os.path.join(out, "data", c["id"], f"{c['id']}.nii.gz")
+            if not os.path.exists(named):
+                shutil.copy(c["images"][0], named)
+            images.append([named, c["images"][1]])
+    return images, refs
+
+
 def job(cases, splits, mode, args) -> dict:
     return {"schema": 1,
             "data": {"cases": cases, "splits": splits},
@@ -132,17 +149,7 @@ def main(argv=None) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     cases, splits = prepare(os.path.abspath(args.data), out)
-    refs = os.path.join(out, "reference")
-    os.makedirs(refs, exist_ok=True)
-    test_images = []
-    for c in cases:
-        if c["id"] in splits["test"]:
-            shutil.copy(c["label"], os.path.join(refs, f"{c['id']}.nii.gz"))
-            # predictions are named after the first channel file: give each case its own name
-            named = os.path.join(out, "data", c["id"], f"{c['id']}.nii.gz")
-            if not os.path.exists(named):
-                shutil.copy(c["images"][0], named)
-            test_images.append([named, c["images"][1]])
+    test_images, refs = test_inputs(cases, splits, out)
     runs, reached = {}, {}
     for mode in ("heuristic", "joint"):
         # a fresh run folder every time: the worker refuses to start one that holds a

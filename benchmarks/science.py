@@ -98,16 +98,7 @@ def brats_data(src: str, out: str):
     sys.path.insert(0, HERE)
     import brats6
     cases, splits = brats6.prepare(os.path.abspath(src), out)
-    refs = os.path.join(out, "reference")
-    os.makedirs(refs, exist_ok=True)
-    images = []
-    for c in cases:
-        if c["id"] in splits["test"]:
-            shutil.copy(c["label"], os.path.join(refs, f"{c['id']}.nii.gz"))
-            named = os.path.join(out, "data", c["id"], f"{c['id']}.nii.gz")
-            if not os.path.exists(named):
-                shutil.copy(c["images"][0], named)
-            images.append([named, c["images"][1]])
+    images, refs = brats6.test_inputs(cases, splits, out)
     return {"cases": cases, "splits": splits}, images, refs, BRATS_REGIONS
 
 

@@ -211,8 +211,28 @@ def _short(path: str, have: int, need: int, what: str = "voxel data") -> None:
 
 # ----------------------------------------------------------------------------- NIfTI
 
-def _nifti_layout(head: bytes) -> Optional[Tuple[int, int]]:
-    """(vox_offset, data bytes) from the first 540 bytes of a NIfTI-1/2 header, or None."""
+@dataclass(frozen=True)
+class NiftiLayout:
+    """What the NIfTI-1/2 header says about the voxel data: byte order (``"<"`` / ``">"``),
+    datatype code, bits per voxel, the image's dimensions and where the data starts."""
+
+    endian: str
+    datatype: int
+    bitpix: int
+    dims: Tuple[int, ...]
+    data_offset: int
+
+    @property
+    def data_bytes(self) -> int:
+        values = 1
+        for d in self.dims:
+            values *= max(int(d), 1)
+        return values * self.bitpix // 8
+
+
+def nifti_layout(head: bytes) -> Optional[NiftiLayout]:
+    """The layout from the first 540 bytes of a NIfTI-1/2 header, or None (not NIfTI, or a
+    header this cannot parse: ITK then decides)."""
     if len(head) < 348:
         return None
     for endian in ("<", ">"):
@@ -221,25 +241,23 @@ def _nifti_layout(head: bytes) -> Optional[Tuple[int, int]]:
             break
     else:
         return None
-    if sizeof_hdr == 348:
+    if sizeof_hdr == 348:  # NIfTI-1
+        datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
         dims = struct.unpack(endian + "8h", head[40:56])
-        bitpix = struct.unpack(endian + "h", head[72:74])[0]
         offset = int(struct.unpack(endian + "f", head[108:112])[0])
         header_len = 348
-    else:
+    else:  # NIfTI-2
         if len(head) < 540:
             return None
-        bitpix = struct.unpack(endian + "h", head[14:16])[0]
+        datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
         dims = struct.unpack(endian + "8q", head[16:80])
         offset = int(struct.unpack(endian + "q", head[168:176])[0])
         header_len = 540
     ndim = int(dims[0])
     if not 1 <= ndim <= 7 or bitpix <= 0:
         return None
-    values = 1
-    for d in dims[1:ndim + 1]:
-        values *= max(int(d), 1)
-    return max(offset, header_len), values * int(bitpix) // 8
+    return NiftiLayout(endian, int(datatype), int(bitpix),
+                       tuple(int(d) for d in dims[1:ndim + 1]), max(offset, header_len))
 
 
 def _check_nifti(path: str) -> None:
@@ -253,10 +271,9 @@ def _check_nifti(path: str) -> None:
         have = os.path.getsize(path)
         with open(path, "rb") as fh:
             head = fh.read(540)
-    layout = _nifti_layout(head)
+    layout = nifti_layout(head)
     if layout is not None:  # a detached .hdr/.img pair or an odd header: ITK decides
-        offset, need = layout
-        _short(path, have - offset, need)
+        _short(path, have - layout.data_offset, layout.data_bytes)
 
 
 # ----------------------------------------------------------------------------- NRRD

@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..image_files import GRID_TOLERANCE, IMAGE_EXTENSIONS, is_image_file
-from .file_checks import check_volume_file
+from .file_checks import check_volume_file, nifti_layout
 
 __all__ = [
     "VolumeError",
@@ -219,40 +219,21 @@ def _nifti_nonfinite(path: str) -> Optional[Tuple[int, int, int]]:
         opener = gzip.open if magic == b"\x1f\x8b" else open
         with opener(path, "rb") as fh:
             head = fh.read(540)
-            if len(head) < 348:
+            layout = nifti_layout(head)
+            if layout is None:
                 return None
-            for endian in ("<", ">"):
-                sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
-                if sizeof_hdr in (348, 540):
-                    break
-            else:
-                return None
-            if sizeof_hdr == 348:  # NIfTI-1
-                datatype = struct.unpack(endian + "h", head[70:72])[0]
-                dims = struct.unpack(endian + "8h", head[40:56])
-                vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
-                header_len = 348
-            else:  # NIfTI-2
-                if len(head) < 540:
-                    return None
-                datatype = struct.unpack(endian + "h", head[12:14])[0]
-                dims = struct.unpack(endian + "8q", head[16:80])
-                vox_offset = int(struct.unpack(endian + "q", head[168:176])[0])
-                header_len = 540
-            base = _NIFTI_FLOAT_TYPES.get(int(datatype))
+            base = _NIFTI_FLOAT_TYPES.get(layout.datatype)
             if base is None:
                 return None
-            ndim = int(dims[0])
-            if not 1 <= ndim <= 7:
-                return None
-            n_values = int(np.prod([max(int(d), 1) for d in dims[1 : ndim + 1]], dtype=np.int64))
+            datatype, endian = layout.datatype, layout.endian
+            n_values = int(np.prod([max(d, 1) for d in layout.dims], dtype=np.int64))
             if datatype in (32, 1792):
                 n_values *= 2  # real and imaginary parts
             dtype = np.dtype(endian + base)
             consumed = len(head)
-            skip = max(vox_offset, header_len) - consumed
+            skip = layout.data_offset - consumed
             if skip < 0:
-                pending = head[max(vox_offset, header_len):]
+                pending = head[layout.data_offset:]
             else:
                 pending = b""
                 while skip > 0:
