@@ -45,13 +45,23 @@ def pathOrNone(value):
 
 
 class PredictionJob:
-    """A prediction worker and what its results belong to (see JCSAugmentLogic.startPrediction)."""
+    """A prediction and what its results belong to (see RunLogic.startPrediction).
+
+    Its phases, each in its own process so the GUI never computes: ``"segmenting"`` (the
+    predict worker), ``"measuring"`` (an evaluate worker, when some input has a reference:
+    RunLogic.startMetrics), then the panel imports the results into the scene a piece per
+    timer tick (PredictionImport). ``worker`` is the process of the current phase."""
 
     def __init__(self, worker, inputs, outDir, runDir):
         self.worker = worker
-        self.inputs = inputs  # [{"name", "image_node", "reference_node", "file", "output"}]
+        # [{"name", "image_node", "reference_node", "file", "output", "reference_file"}]
+        self.inputs = inputs
         self.outDir = outDir
         self.runDir = runDir
+        self.phase = "segmenting"
+        self.uncertainty = False
+        self.metricsPath = os.path.join(outDir, "metrics.json")
+        self.metricsError = None  # why the metrics could not be computed (the import says so)
 
     @property
     def count(self):
@@ -473,7 +483,7 @@ class RunLogic:
         process (``inputs=None``: the run's test split, for a dataset-folder run). Returns a
         PredictionJob; then :meth:`importPredictions`."""
         from JCSAugmentLib.panel.worker_process import WorkerProcess, predict_command
-        from JCSAugmentLib.slicer_scene import export_volume_node
+        from JCSAugmentLib.slicer_scene import SceneError, export_label_node, export_volume_node
         folder = RunFolder(runDir)
         job = folder.job()
         if tea not in TEA_CHOICES:
@@ -486,6 +496,7 @@ class RunLogic:
         outDir = folder.new_predictions_folder("slicer")
         inDir = os.path.join(outDir, "inputs")
         labelDir = os.path.join(outDir, "labels")
+        refDir = os.path.join(outDir, "references")
         with removedOnFailure(outDir):
             os.makedirs(inDir)
             for i, item in enumerate(inputs or ()):
@@ -496,6 +507,17 @@ class RunLogic:
                 item["output"] = os.path.join(labelDir, f"{stem}.nrrd")
                 item["uncertainty_output"] = os.path.join(labelDir,
                                                           f"{stem}_tea_disagreement.nrrd")
+                item["reference_file"] = None
+                if item.get("reference_node") is not None:
+                    # on the image's grid, named as the prediction: the evaluate worker pairs
+                    # them by name (startMetrics)
+                    os.makedirs(refDir, exist_ok=True)
+                    try:
+                        item["reference_file"] = export_label_node(
+                            item["reference_node"], item["image_node"],
+                            os.path.join(refDir, f"{stem}.nrrd"))
+                    except SceneError as e:
+                        item["reference_note"] = f"{item['name']}: no metrics ({e})"
             # inputs None: the run's own test split (a dataset-folder run)
             cmd = predict_command(folder.path, None if inputs is None else
                                   [item["file"] for item in inputs], labelDir, tea, uncertainty,
@@ -506,98 +528,49 @@ class RunLogic:
         worker.start()
         predictionJob = PredictionJob(worker, inputs, outDir, runDir)
         predictionJob.uncertainty = uncertainty
+        predictionJob.python = python
         if wait:
             self.waitFor(worker, timeout)
         return predictionJob
 
-    def importPredictions(self, job, asSegmentation=False, scene=None):
-        """Load the finished prediction job's label maps into the scene, on each input's grid
-        and named after it (slicer_scene.load_label_map); optionally a segmentation and the
-        uncertainty volume; a metrics table when a reference label exists. Returns one dict per
-        case: {"image", "label", "segmentation", "uncertainty", "metrics", "note"}."""
-        from JCSAugmentLib.panel.worker_process import parse_predict_log
-        from JCSAugmentLib.slicer_scene import (SceneError, label_map_to_segmentation,
-                                                load_label_map, load_scalar_volume,
-                                                metrics_table_node)
-        worker = job.worker
-        if scene is None and job.inputs:
-            scene = job.inputs[0]["image_node"].GetScene()
-        if worker.running:
-            raise RuntimeError("the prediction is still running")
-        if worker.returncode != 0:
-            raise RuntimeError(f"the prediction failed: {worker.exit_reason()}\n"
-                               f"{worker.log_tail(10)}")
-        results, allRows = [], []
-        if job.inputs is None:  # a dataset-folder run: the files name the cases
-            with open(worker.log_path, encoding="utf-8", errors="replace") as f:
-                records = parse_predict_log(f.read())
-            for record in records:
-                node = slicer.util.loadLabelVolume(record["prediction"])
-                result = {"image": None, "label": node, "segmentation": None, "metrics": [],
-                          "uncertainty": None, "note": None}
-                if record.get("uncertainty"):
-                    result["uncertainty"] = slicer.util.loadVolume(record["uncertainty"])
-                results.append(result)
-            return results
-        for item in job.inputs:
-            image = item["image_node"]
-            if not os.path.exists(item["output"]):
-                raise RuntimeError(f"the prediction did not write {item['output']}")
-            label = load_label_map(item["output"], image, name=f"{image.GetName()} segmentation",
-                                   scene=scene)
-            result = {"image": image, "label": label, "segmentation": None, "uncertainty": None,
-                      "metrics": [], "note": None}
-            if asSegmentation:
-                try:
-                    result["segmentation"] = label_map_to_segmentation(label, scene=scene)
-                except SceneError as e:
-                    result["note"] = f"{item['name']}: no segmentation made ({e})"
-            if getattr(job, "uncertainty", False) and os.path.exists(item["uncertainty_output"]):
-                result["uncertainty"] = load_scalar_volume(
-                    item["uncertainty_output"], f"{image.GetName()} TEA disagreement",
-                    scene=scene, reference_volume_node=image)
-            if item.get("reference_node") is not None:
-                try:
-                    result["metrics"] = self.metricsRows(item, job.outDir)
-                except (SceneError, ValueError) as e:
-                    result["note"] = f"{item['name']}: no metrics ({e})"
-            allRows += result["metrics"]
-            results.append(result)
-        if allRows:
-            metrics_table_node(allRows, "JCSAugment metrics", scene=scene)
-        return results
-
     @staticmethod
-    def metricsRows(item, outDir):
-        """Dice, sensitivity, precision, HD95 of one prediction against its reference label map
-        or segmentation (JCSAugmentLib.evaluate.case_metrics, on the image's grid)."""
-        import SimpleITK as sitk
-        from JCSAugmentLib.evaluate import case_metrics
-        from JCSAugmentLib.slicer_scene import export_label_node
-        refPath = os.path.join(outDir, "inputs", os.path.basename(item["output"])
-                               .replace(".nrrd", "_reference.nrrd"))
-        export_label_node(item["reference_node"], item["image_node"], refPath)
-        from JCSAugmentLib.io.file_checks import check_volume_file
-        for path in (item["output"], refPath):  # the engine's one checked reading path
-            check_volume_file(path, "label")
-        pred = sitk.ReadImage(item["output"])
-        ref = sitk.ReadImage(refPath)
-        spacing = tuple(reversed(pred.GetSpacing()))  # numpy (z, y, x) order
-        metrics = case_metrics(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), spacing)
-        rows = []
-        for name, m in metrics.items():
-            row = {"case": item["name"], "label": name}
-            for key in ("dsc", "sensitivity", "precision", "hd95", "volume_pred_ml",
-                        "volume_ref_ml"):
-                row[key] = m.get(key)
-            rows.append(row)
-        return rows
+    def startMetrics(job, python=None, wait=False, timeout=None):
+        """After a successful predict worker: start the evaluate worker on the inputs that have
+        a reference (their metrics: DSC, sensitivity, precision, HD95 per label). Returns False,
+        starting nothing, when no input has one."""
+        from JCSAugmentLib.panel.worker_process import WorkerProcess, evaluate_command
+        if job.worker.running or job.worker.returncode != 0:
+            raise RuntimeError("the prediction has not succeeded")
+        if not any(item.get("reference_file") for item in job.inputs or ()):
+            return False
+        cmd = evaluate_command(os.path.join(job.outDir, "labels"),
+                               os.path.join(job.outDir, "references"), job.metricsPath,
+                               python=python or getattr(job, "python", None))
+        job.worker = WorkerProcess.for_command(cmd, os.path.join(job.outDir, "metrics.log"),
+                                               what="metrics")
+        job.worker.start()
+        job.phase = "measuring"
+        if wait:
+            RunLogic.waitFor(job.worker, timeout)
+        return True
+
+    def importPredictions(self, job, asSegmentation=False, scene=None):
+        """Load a finished prediction job's results into the scene at once (scripts, tests; the
+        panel spreads the same work over timer ticks with :class:`PredictionImport`). Returns
+        one dict per case: {"image", "label", "segmentation", "uncertainty", "metrics",
+        "note"}."""
+        importer = PredictionImport(job, asSegmentation=asSegmentation, scene=scene)
+        while not importer.step():
+            pass
+        return importer.results
 
     def predict(self, runDir, inputs, tea="learned", uncertainty=False, device="auto",
                 asSegmentation=False, python=None, timeout=None, scene=None):
         """Blocking prediction + import (scripts, tests)."""
         job = self.startPrediction(runDir, inputs, tea, uncertainty, device, python=python,
                                    wait=True, timeout=timeout)
+        if job.worker.returncode == 0:
+            self.startMetrics(job, python=python, wait=True, timeout=timeout)
         return self.importPredictions(job, asSegmentation=asSegmentation, scene=scene)
 
 
@@ -608,3 +581,115 @@ def nodesOfClass(scene, className):
         return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
     finally:
         collection.UnRegister(None)
+
+
+class PredictionImport:
+    """A finished prediction's results brought into the scene one piece per :meth:`step`: a
+    label map, a segmentation, an uncertainty volume, and last the metrics table (the metrics
+    themselves were computed by the evaluate worker). The panel calls one step per timer tick,
+    so a batch of large volumes never holds the GUI for the whole import.
+
+    ``results``: one dict per case, {"image", "label", "segmentation", "uncertainty",
+    "metrics", "note"}, complete once :meth:`step` has returned True."""
+
+    def __init__(self, job, asSegmentation=False, scene=None):
+        worker = job.worker
+        if worker.running:
+            raise RuntimeError(f"the {job.phase} process is still running")
+        if worker.returncode != 0:
+            if job.phase != "measuring":
+                raise RuntimeError(f"the prediction failed: {worker.exit_reason()}\n"
+                                   f"{worker.log_tail(10)}")
+            # the segmentations exist: import them and say why there are no metrics
+            job.metricsError = (f"the metrics could not be computed: {worker.exit_reason()}"
+                                f" ({worker.last_line()})")
+        if scene is None and job.inputs:
+            scene = job.inputs[0]["image_node"].GetScene()
+        self.job, self.asSegmentation, self.scene = job, asSegmentation, scene
+        self.results = []
+        self._pieces = self._steps()
+
+    def step(self):
+        """Do the next piece of the import; True when everything is in the scene."""
+        try:
+            next(self._pieces)
+            return False
+        except StopIteration:
+            return True
+
+    def _steps(self):
+        from JCSAugmentLib.panel.worker_process import parse_predict_log
+        from JCSAugmentLib.slicer_scene import (SceneError, label_map_to_segmentation,
+                                                load_label_map, load_scalar_volume,
+                                                metrics_table_node)
+        job, scene = self.job, self.scene
+        if job.inputs is None:  # a dataset-folder run: the files name the cases
+            with open(job.worker.log_path, encoding="utf-8", errors="replace") as f:
+                records = parse_predict_log(f.read())
+            for record in records:
+                result = {"image": None, "label": slicer.util.loadLabelVolume(
+                    record["prediction"]), "segmentation": None, "metrics": [],
+                    "uncertainty": None, "note": None}
+                self.results.append(result)
+                yield
+                if record.get("uncertainty"):
+                    result["uncertainty"] = slicer.util.loadVolume(record["uncertainty"])
+                    yield
+            return
+        metrics = self._metricsByOutput()
+        allRows = []
+        for item in job.inputs:
+            image = item["image_node"]
+            if not os.path.exists(item["output"]):
+                raise RuntimeError(f"the prediction did not write {item['output']}")
+            label = load_label_map(item["output"], image, name=f"{image.GetName()} segmentation",
+                                   scene=scene)
+            result = {"image": image, "label": label, "segmentation": None, "uncertainty": None,
+                      "metrics": [], "note": item.get("reference_note")}
+            self.results.append(result)
+            yield
+            if self.asSegmentation:
+                try:
+                    result["segmentation"] = label_map_to_segmentation(label, scene=scene)
+                except SceneError as e:
+                    result["note"] = f"{item['name']}: no segmentation made ({e})"
+                yield
+            if job.uncertainty and os.path.exists(item["uncertainty_output"]):
+                result["uncertainty"] = load_scalar_volume(
+                    item["uncertainty_output"], f"{image.GetName()} TEA disagreement",
+                    scene=scene, reference_volume_node=image)
+                yield
+            if item.get("reference_file"):
+                if job.metricsError:
+                    result["note"] = f"{item['name']}: no metrics ({job.metricsError})"
+                else:
+                    result["metrics"] = metricsRows(item["name"], metrics.get(item["output"]))
+            allRows += result["metrics"]
+        if allRows:
+            metrics_table_node(allRows, "JCSAugment metrics", scene=scene)
+
+    def _metricsByOutput(self):
+        """{prediction file: {label: metrics}} from the evaluate worker's JSON ({} if none)."""
+        import json
+        job = self.job
+        if job.phase != "measuring" or job.metricsError:
+            return {}
+        try:
+            with open(job.metricsPath, encoding="utf-8") as f:
+                cases = json.load(f)["cases"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            job.metricsError = f"the metrics file {job.metricsPath} is unreadable ({e})"
+            return {}
+        labelDir = os.path.join(job.outDir, "labels")
+        return {os.path.join(labelDir, f"{case}.nrrd"): value for case, value in cases.items()}
+
+
+#: the metrics the panel's table shows, in its column order, and the volumes beside them
+METRIC_KEYS = ("dsc", "sensitivity", "precision", "hd95", "volume_pred_ml", "volume_ref_ml")
+
+
+def metricsRows(caseName, labels):
+    """Rows {"case", "label", dsc, ...} of one case from the evaluate worker's {label: metrics}
+    (None: no rows)."""
+    return [{"case": caseName, "label": name, **{k: (m or {}).get(k) for k in METRIC_KEYS}}
+            for name, m in (labels or {}).items()]

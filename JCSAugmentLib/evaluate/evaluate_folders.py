@@ -110,7 +110,7 @@ def _names(names: Sequence[str]) -> str:
 
 
 def _match_cases(preds: Dict[str, str], refs: Dict[str, str], pred_dir: str,
-                 ref_dir: str) -> List[str]:
+                 ref_dir: str, ignore_unreferenced: bool = False) -> List[str]:
     if not refs:
         raise EvaluationError(f"no reference label files ({', '.join(CASE_EXTENSIONS)}) in "
                               f"{ref_dir!r}")
@@ -124,7 +124,7 @@ def _match_cases(preds: Dict[str, str], refs: Dict[str, str], pred_dir: str,
                               f"[{_names(preds)}]; references {ref_dir!r} have "
                               f"[{_names(refs)}]")
     no_pred = set(refs) - set(preds)
-    no_ref = set(preds) - set(refs)
+    no_ref = set() if ignore_unreferenced else set(preds) - set(refs)
     if no_pred or no_ref:
         parts = []
         if no_pred:
@@ -306,9 +306,13 @@ def _write_all(files: Sequence[Tuple[str, str]]) -> None:
 def evaluate_folders(pred_dir: str, ref_dir: str,
                      labels: Optional[Mapping[str, object]] = None,
                      csv_path: Optional[str] = None,
-                     json_path: Optional[str] = None) -> dict:
+                     json_path: Optional[str] = None,
+                     ignore_unreferenced: bool = False) -> dict:
     """Metrics of every prediction in ``pred_dir`` against the reference of the same case name
-    in ``ref_dir``; see the module docstring for matching, checks, outputs and the result."""
+    in ``ref_dir``; see the module docstring for matching, checks, outputs and the result.
+    ``ignore_unreferenced``: predictions without a reference are left out instead of being an
+    error (a predictions folder that also holds other outputs, or cases nobody labelled); every
+    reference still needs its prediction."""
     pred_dir, ref_dir = os.fspath(pred_dir), os.fspath(ref_dir)
     spec = normalise_labels(labels) if labels is not None else None
     csv_path = _check_out_path(csv_path, "--csv")
@@ -318,7 +322,7 @@ def evaluate_folders(pred_dir: str, ref_dir: str,
 
     preds = list_cases(pred_dir, "prediction folder")
     refs = list_cases(ref_dir, "reference folder")
-    cases = _match_cases(preds, refs, pred_dir, ref_dir)
+    cases = _match_cases(preds, refs, pred_dir, ref_dir, ignore_unreferenced)
 
     per_case: Dict[str, Dict[str, dict]] = {}
     seen_values = set()
@@ -475,6 +479,9 @@ def add_evaluate_arguments(parser) -> None:
                         help="folder of predicted label maps (NIfTI, NRRD, MHA)")
     parser.add_argument("--ref", required=True, metavar="DIR",
                         help="folder of reference label maps with the same case names")
+    parser.add_argument("--ignore-unreferenced", action="store_true",
+                        help="leave out predictions that have no reference (default: that is "
+                             "an error; every reference always needs its prediction)")
     parser.add_argument("--labels", metavar="SPEC",
                         help="'whole=1,2,3,4;core=1,3,4;enhancing=4' or a JSON file "
                              "{name: value or [values]}; default: each label value and "
@@ -491,6 +498,7 @@ def run_evaluate_from_args(args) -> int:
     labels = parse_labels(args.labels) if getattr(args, "labels", None) else None
     result = evaluate_folders(args.pred, args.ref, labels=labels,
                               csv_path=getattr(args, "csv", None),
-                              json_path=getattr(args, "json", None))
+                              json_path=getattr(args, "json", None),
+                              ignore_unreferenced=getattr(args, "ignore_unreferenced", False))
     print(format_table(result), end="")
     return 0

@@ -136,6 +136,17 @@ def predict_command(run_dir: str, images: Optional[Sequence], out_dir: str,
     return cmd
 
 
+def evaluate_command(pred_dir: str, ref_dir: str, json_path: str,
+                     python: Optional[str] = None) -> List[str]:
+    """``python -m JCSAugmentLib evaluate --pred DIR --ref DIR --ignore-unreferenced --json
+    FILE``: the metrics of a prediction folder against the references exported beside it,
+    computed in their own process (HD95 of a whole volume can take seconds: never in the GUI).
+    Predictions without a reference (cases nobody labelled, uncertainty maps) are left out."""
+    return [python or find_python_slicer(), "-m", "JCSAugmentLib", "evaluate",
+            "--pred", os.path.abspath(pred_dir), "--ref", os.path.abspath(ref_dir),
+            "--ignore-unreferenced", "--json", os.path.abspath(json_path)]
+
+
 def parse_predict_log(text: str) -> List[Dict[str, str]]:
     """``[{"prediction": path, "uncertainty": path?}, ...]`` from the predict command's output
     (its ``wrote FILE [and FILE]`` lines)."""

@@ -366,6 +366,19 @@ def test_missing_and_unmatched_cases(folders):
         evaluate_folders(pred_dir, ref_dir)
 
 
+def test_ignore_unreferenced_leaves_out_predictions_without_a_reference(folders):
+    pred_dir, ref_dir, tmp = folders
+    pred, _ = _brats_like()
+    _write(pred_dir / "caseC.nii.gz", pred)  # no reference: an error unless ignored
+    with pytest.raises(EvaluationError, match=r"no reference: \[caseC\]"):
+        evaluate_folders(pred_dir, ref_dir)
+    res = evaluate_folders(pred_dir, ref_dir, ignore_unreferenced=True)
+    assert list(res["cases"]) == ["caseA", "caseB"]
+    os.remove(pred_dir / "caseB.nii.gz")  # a reference without its prediction stays an error
+    with pytest.raises(EvaluationError, match=r"no prediction: \[caseB\]"):
+        evaluate_folders(pred_dir, ref_dir, ignore_unreferenced=True)
+
+
 def test_unreadable_file_names_the_case(folders):
     pred_dir, ref_dir, tmp = folders
     (pred_dir / "caseB.nii.gz").write_bytes(b"not an image")

@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -23,6 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODULE_DIR = os.path.join(ROOT, "JCSAugment")
 MODULE = os.path.join(MODULE_DIR, "JCSAugment.py")
 HELPERS = os.path.join(MODULE_DIR, "JCSAugmentSlicer")
+#: the module's Qt-facing code: the thin module file, the panel it makes and its parameter node
+#: (the static checks below read them as one source)
+PANEL_SOURCES = (MODULE, os.path.join(HELPERS, "widget.py"), os.path.join(HELPERS, "parameters.py"))
 UI = os.path.join(MODULE_DIR, "Resources", "UI", "JCSAugment.ui")
 REQUIREMENTS = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
 
@@ -71,13 +75,14 @@ SIGNAL_CLASSES = {
 
 # ----------------------------------------------------------------------------- helpers
 
-def _source():
-    with open(MODULE, encoding="utf-8") as f:
-        return f.read()
-
-
 def _tree():
-    return ast.parse(_source(), MODULE)
+    """The module file, the panel and the parameter node as one ast.Module (their bodies one
+    after the other)."""
+    body = []
+    for path in PANEL_SOURCES:
+        with open(path, encoding="utf-8") as f:
+            body += ast.parse(f.read(), path).body
+    return ast.Module(body=body, type_ignores=[])
 
 
 def _ui():
@@ -119,7 +124,7 @@ def _param_class():
                 or (isinstance(d, ast.Call) and getattr(d.func, "id", "") == "parameterNodeWrapper")
                 for d in node.decorator_list):
             return node
-    raise AssertionError("no @parameterNodeWrapper class in JCSAugment.py")
+    raise AssertionError("no @parameterNodeWrapper class in the module's sources")
 
 
 def _param_fields():
@@ -174,7 +179,7 @@ def _module_constant(name):
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name
                                                 for t in node.targets):
             return ast.literal_eval(node.value)
-    raise AssertionError(f"{name} is not a module-level constant of JCSAugment.py")
+    raise AssertionError(f"{name} is not a module-level constant of {PANEL_SOURCES}")
 
 
 # ----------------------------------------------------------------------------- syntax
@@ -245,7 +250,7 @@ def test_every_ui_name_the_code_uses_exists_with_a_fitting_class():
     usages = _ui_usages()
     assert len({u[0] for u in usages}) > 40
     for name, attr, signal in usages:
-        assert name in widgets, f"self.ui.{name} is used in JCSAugment.py but not in the .ui"
+        assert name in widgets, f"self.ui.{name} is used in the panel but not in the .ui"
         cls = widgets[name]
         if attr in USAGE_CLASSES:
             assert cls in USAGE_CLASSES[attr], f"self.ui.{name}.{attr} on a {cls}"
@@ -361,6 +366,9 @@ def test_top_level_cmakelists():
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_CATEGORY"):
         assert re.search(rf"set\({var} \"[^\"]+\"\)", text), var
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
+    # the screenshot the catalog shows is a picture of the panel, and it is in the repository
+    shot = re.search(r'set\(EXTENSION_SCREENSHOTURLS "[^"]*/main/([^"]+)"\)', text).group(1)
+    assert os.path.isfile(os.path.join(ROOT, shot)) and "panel_widget" in shot, shot
     order = ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
              "add_subdirectory(JCSAugmentLib)", "add_subdirectory(JCSAugment)",
              "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"]
@@ -521,7 +529,7 @@ def test_parameter_choices_are_the_engines_names(module):
     assert choices("teaMode") == ["learned", "heuristic", "none"]
     from JCSAugmentLib.panel.settings import MODE_LABELS
     assert set(MODE_LABELS) == set(MODES), "every mode has a label in the combo box"
-    for field, labels in module.COMBO_LABELS.items():
+    for field, labels in sys.modules["JCSAugmentSlicer.parameters"].COMBO_LABELS.items():
         assert set(labels) == set(choices(field)), field
     for name, hint in hints.items():
         for a in getattr(hint, "__metadata__", ()):
@@ -534,7 +542,7 @@ def test_settings_from_the_parameter_node(module, tmp_path):
     p = types.SimpleNamespace(
         backbone="deepmedic", mode="class-specific", initPolicy="auto", epochs=3, minutes=0.0,
         device="cuda:1", outputFolder=tmp_path, seed=5, patchSize=0, batchSize=4,
-        iterationsPerEpoch=0, pretrained=module.pathlib.Path(""), trainFraction=0.5,
+        iterationsPerEpoch=0, pretrained=pathlib.Path(""), trainFraction=0.5,
         validationFraction=0.25, testFraction=0.25)
     s = module.JCSAugmentLogic.settingsFromParameterNode(p)
     assert (s.backbone, s.mode, s.init, s.epochs, s.minutes) == ("deepmedic", "class-specific",
@@ -546,8 +554,9 @@ def test_settings_from_the_parameter_node(module, tmp_path):
     p.patchSize, p.minutes, p.initPolicy = 32, 12.5, "nnunet"
     s = module.JCSAugmentLogic.settingsFromParameterNode(p)
     assert (s.patch_size, s.minutes, s.init) == ([32, 32, 32], 12.5, "nnunet")
-    assert module.pathOrNone(module.pathlib.Path("")) is None
-    assert module.pathOrNone("~/x") == os.path.expanduser("~/x")
+    pathOrNone = sys.modules["JCSAugmentSlicer.logic"].pathOrNone
+    assert pathOrNone(pathlib.Path("")) is None
+    assert pathOrNone("~/x") == os.path.expanduser("~/x")
 
 
 def test_dataset_folder_job(module, tmp_path):

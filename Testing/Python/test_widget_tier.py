@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from widget_tier import MODULE_FILE, LineTrace, SlicerTier, missing_prerequisite
+from widget_tier import MODULE_FILE, PANEL_FILE, LineTrace, SlicerTier, missing_prerequisite
 
 #: torch in this pytest process before the tier ran (other test files import it); the tier
 #: checks that the panel itself does not
@@ -38,15 +38,20 @@ def tier(tmp_path_factory):
         pytest.skip(why)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     tmp = tmp_path_factory.mktemp("widget-tier")
-    trace = LineTrace(MODULE_FILE)
+    trace = LineTrace(MODULE_FILE, PANEL_FILE)
     with trace, SlicerTier(str(tmp)) as t:
         t.tmp = tmp
         yield t
-    executable = trace.executable_lines()
-    hit = trace.lines & executable
-    print(f"\n[widget tier] line coverage of JCSAugment/JCSAugment.py: {len(hit)}/"
-          f"{len(executable)} = {100.0 * len(hit) / max(1, len(executable)):.1f} % "
-          f"(sys.settrace)")
+    report = trace.report()
+    print()
+    for filename, (hit, executable, missed) in report.items():
+        print(f"[widget tier] line coverage of {os.path.relpath(filename, os.path.dirname(MODULE_FILE))}: "
+              f"{len(hit)}/{len(executable)} = {100.0 * len(hit) / max(1, len(executable)):.1f} % "
+              f"(sys.settrace); not reached: {missed}")
+    hit = sum(len(h) for h, _e, _m in report.values())
+    total = sum(len(e) for _h, e, _m in report.values())
+    print(f"[widget tier] line coverage of the module file and its panel together: {hit}/{total} "
+          f"= {100.0 * hit / max(1, total):.1f} %")
     loop = sorted(t.steps.durations.get("event loop", []))
     if loop:
         print(f"[widget tier] event-loop steps (timer ticks and queued calls): {len(loop)}, "
@@ -58,8 +63,6 @@ def tier(tmp_path_factory):
         if label != "event loop":
             print(f"[widget tier] {label}: longest {1000 * max(values):.0f} ms "
                   f"({len(values)} clicks)")
-    missed = sorted(executable - trace.lines)
-    print(f"[widget tier] lines not reached: {missed}")
 
 
 def _matrix(spacing=(1.2, 0.9, 1.5), angle=0.3, origin=(10.0, -20.0, 5.0)):
@@ -114,7 +117,7 @@ def _wait(tier, widget, until, timeout, what):
 
 
 def _state(widget):
-    return widget._view.state if widget._view is not None else None
+    return widget.panel._view.state if widget.panel._view is not None else None
 
 
 def _tiny_runs(widget, python=None):
@@ -138,7 +141,7 @@ def _settings(tier, widget, out, iterations):
     ui.deviceComboBox.setCurrentIndex(cpu)
     tier.process()
     # a new panel re-attaches to the last run first: let it read that run's events
-    _wait(tier, widget, lambda: widget._view is None or not widget._view.catching_up, 30,
+    _wait(tier, widget, lambda: widget.panel._view is None or not widget.panel._view.catching_up, 30,
           "the panel to read the run it re-attached to")
 
 
@@ -150,7 +153,7 @@ def test_panel_train_stop_resume_segment_reattach(tier):
     import slicer
     w = tier.make_widget()
     ui = w.ui
-    p = w._parameterNode
+    p = w.panel._parameterNode
     # the .ui is loaded and bound: a combo box edit reaches the parameter node
     assert ui.modeComboBox.count() > 3
     ui.backboneComboBox.setCurrentIndex(1)
@@ -196,10 +199,10 @@ def test_panel_train_stop_resume_segment_reattach(tier):
     _tiny_runs(w)
 
     tier.click(ui.startButton)
-    assert w._monitor is not None and w._monitor.worker is not None, ui.statusLabel.text()
-    runDir = w._monitor.run_dir
+    assert w.panel._monitor is not None and w.panel._monitor.worker is not None, ui.statusLabel.text()
+    runDir = w.panel._monitor.run_dir
     assert str(p.runFolder) == runDir
-    worker = w._monitor.worker
+    worker = w.panel._monitor.worker
     # Freeze the worker (SIGSTOP) as soon as it reports its first iteration: on a quiet
     # machine its 14 iterations take about 4 s, and the run must still be live when the
     # reloaded panel re-attaches and when the hung-worker stop below is tried (a stopped
@@ -215,18 +218,23 @@ def test_panel_train_stop_resume_segment_reattach(tier):
         return any(isinstance(e, CheckpointWritten) for e in folder.read_events())
     _wait(tier, w, first_checkpoint_said, 120, "the first iteration's checkpoint event")
     os.killpg(os.getpgid(worker.pid), signal.SIGSTOP)
-    _wait(tier, w, lambda: w._view is not None and w._view.iteration >= 1, 60,
+    _wait(tier, w, lambda: w.panel._view is not None and w.panel._view.iteration >= 1, 60,
           "the first iteration in the panel")
     assert ui.startButton.text() == "Stop"
     assert "iterations" in ui.progressBar.format()
+    for section, name in ((ui.dataCollapsibleButton, "panel_widget_data"),
+                          (ui.trainingCollapsibleButton, "panel_widget_training"),
+                          (ui.runCollapsibleButton, "panel_widget_run_live")):
+        shot = tier.screenshot(section, name)
+        assert not shot.isNull() and shot.width() > 300 and shot.height() > 60, name
     # Reload (Slicer calls cleanup): the run goes on and the new panel re-attaches to it
     old = w
     w = tier.reload()
-    assert w is not old and old._timer is not None and not old._timer.isActive()
-    ui, p = w.ui, w._parameterNode
+    assert w is not old and old.panel._timer is not None and not old.panel._timer.isActive()
+    ui, p = w.ui, w.panel._parameterNode
     assert worker.running, "Reload stopped the run"
-    assert w._monitor is not None and w._monitor.run_dir == runDir
-    _wait(tier, w, lambda: w._view is not None and w._view.can_stop, 30,
+    assert w.panel._monitor is not None and w.panel._monitor.run_dir == runDir
+    _wait(tier, w, lambda: w.panel._view is not None and w.panel._view.can_stop, 30,
           "the re-attached running state (caught up)")
     assert ui.startButton.text() == "Stop"
     # Stop a re-attached run whose worker hangs (SIGSTOP): this panel has no process handle,
@@ -234,32 +242,34 @@ def test_panel_train_stop_resume_segment_reattach(tier):
     w.STOP_TIMEOUT_S = 2.0
     w.TERM_GRACE_S = 1.0
     tier.click(ui.startButton)
-    _wait(tier, w, lambda: not worker.running and not w._view.busy, 60,
+    _wait(tier, w, lambda: not worker.running and not w.panel._view.busy, 60,
           "the hung re-attached worker to be killed")
     assert "killed (SIGKILL)" in ui.statusLabel.text(), ui.statusLabel.text()
-    assert w._view.checkpoint is not None
-    assert ui.resumeButton.isEnabled(), (w._view.state, ui.statusLabel.text())
-    stoppedAt = w._view.iteration
+    assert w.panel._view.checkpoint is not None
+    assert ui.resumeButton.isEnabled(), (w.panel._view.state, ui.statusLabel.text())
+    stoppedAt = w.panel._view.iteration
     assert stoppedAt < 14
     # Resume runs to the end
     _tiny_runs(w)
     tier.click(ui.resumeButton)
     _wait(tier, w, lambda: _state(w) == "done", 150, "the finished state")
-    v = w._view
+    v = w.panel._view
     assert v.iteration == 14
     # curves in the plot's table nodes, the preview picture, the policy pies
-    nodes = w._curveNodes
+    nodes = w.panel._curveNodes
     assert nodes is not None and nodes["loss"][0].GetNumberOfRows() > 0
-    _wait(tier, w, lambda: not w._policyDirty, 30, "the policy pies")
+    _wait(tier, w, lambda: not w.panel._policyDirty, 30, "the policy pies")
     assert not ui.traForegroundLabel.pixmap().isNull(), ui.policyStatusLabel.text()
     assert not ui.teaLabel.pixmap().isNull()
-    assert set(w._policyPngs) == {"tra_foreground", "tra_background", "tea"}
+    assert set(w.panel._policyPngs) == {"tra_foreground", "tra_background", "tea"}
     # drawn in this process: no subprocess, no torch (the GUI process never imports it)
     assert "torch" not in sys.modules or _torch_was_imported_before
+    tier.screenshot(ui.runCollapsibleButton, "panel_widget_run_done")
+    tier.screenshot(ui.policiesCollapsibleButton, "panel_widget_policies")
     draws = []
     for _ in range(5):
         started = time.perf_counter()
-        w._startPictures(runDir)
+        w.panel._startPictures(runDir)
         draws.append(time.perf_counter() - started)
     print(f"[widget tier] policy pictures (3 pixmaps, QPainter): median "
           f"{1000 * sorted(draws)[2]:.1f} ms, longest {1000 * max(draws):.1f} ms of 5 redraws")
@@ -285,7 +295,7 @@ def test_panel_train_stop_resume_segment_reattach(tier):
     assert ui.segmentButton.isEnabled()
     ui.asSegmentationCheckBox.setChecked(True)
     tier.click(ui.segmentButton)
-    _wait(tier, w, lambda: w._prediction is None and not w._view.busy, 150, "the segmentation")
+    _wait(tier, w, lambda: w.panel._prediction is None and not w.panel._view.busy, 150, "the segmentation")
     label = slicer.mrmlScene.GetFirstNodeByName(f"{testCase} segmentation")
     assert label is not None, ui.resultsStatusLabel.text()
     image = next(c[0] for c in cases if c[0].GetName() == testCase)
@@ -294,12 +304,29 @@ def test_panel_train_stop_resume_segment_reattach(tier):
     assert label.GetImageData().GetDimensions() == image.GetImageData().GetDimensions()
     assert ui.metricsTable.rowCount() >= 1
     assert "Segmented 1 case(s)" in ui.resultsStatusLabel.text()
+    # the metrics came from the evaluate worker (not the GUI): its Dice is the label map's
+    import vtk.util.numpy_support as nps
+    reference = next(c[1] for c in cases if c[0].GetName() == testCase)
+
+    def voxels(node):
+        return nps.vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()) > 0
+
+    pred, ref = voxels(label), voxels(reference)
+    dice = 2.0 * (pred & ref).sum() / max(1, pred.sum() + ref.sum())
+    rows = {ui.metricsTable.item(r, 1).text(): ui.metricsTable.item(r, 2).text()
+            for r in range(ui.metricsTable.rowCount())}
+    assert float(rows["foreground"]) == pytest.approx(dice, abs=1e-3), (rows, dice)
+    outDirs = sorted((tier.tmp / "runs").rglob("predictions/*/metrics.json"))
+    assert outDirs, "the evaluate worker wrote no metrics.json"
+    tier.screenshot(ui.previewCollapsibleButton, "panel_widget_preview")
+    tier.screenshot(ui.resultsCollapsibleButton, "panel_widget_results")
+    tier.screenshot(tier.panel, "panel_widget_full")
 
     # the panel destroyed and made again re-attaches to the run from the parameter node
     tier.destroy_widget(w)
     w2 = tier.make_widget()
-    assert w2._monitor is not None and w2._monitor.run_dir == runDir
-    _wait(tier, w2, lambda: w2._view is not None and not w2._view.catching_up, 30,
+    assert w2.panel._monitor is not None and w2.panel._monitor.run_dir == runDir
+    _wait(tier, w2, lambda: w2.panel._view is not None and not w2.panel._view.catching_up, 30,
           "the re-attached panel to read the run")
     assert _state(w2) == "done", w2.ui.statusLabel.text()
     assert w2.ui.segmentButton.isEnabled()
@@ -332,7 +359,7 @@ def test_hung_launcher_is_killed_and_said(tier):
     w.EXIT_GRACE_S = 2.0
     ui = w.ui
     tier.click(ui.clearCasesButton)
-    p = w._parameterNode
+    p = w.panel._parameterNode
     cases = [_add_case(tier, f"hang{i}", 10 + i) for i in range(2)]
     for (image, label), split in zip(cases, ("train", "validation")):
         w.logic.addCase(p, image, label, split=split)
@@ -340,7 +367,7 @@ def test_hung_launcher_is_killed_and_said(tier):
     _settings(tier, w, tier.tmp / "hang-runs", iterations=2)
     _tiny_runs(w, python=_launcher_that_hangs(str(tier.tmp)))
     tier.click(ui.startButton)
-    worker = w._monitor.worker
+    worker = w.panel._monitor.worker
     _wait(tier, w, lambda: _state(w) in ("done", "failed"), 120, "the run's end")
     # the run says it has ended, but its launcher is alive: nothing may start on top of it
     if worker.running:
@@ -360,14 +387,14 @@ def test_enter_keeps_one_parameter_wrapper(tier):
     wrapper and observers per entry)."""
     import gc
     w = tier.make_widget()
-    cls = type(w._parameterNode)
+    cls = type(w.panel._parameterNode)
     gc.collect()
     before = {id(o) for o in gc.get_objects() if type(o) is cls}
     wrappers = []
     for _ in range(5):
         w.exit()
         w.enter()
-        wrappers.append(w._parameterNode)
+        wrappers.append(w.panel._parameterNode)
     assert all(x is wrappers[0] for x in wrappers), "a new parameter-node wrapper per enter()"
     gc.collect()
     new = [o for o in gc.get_objects() if type(o) is cls and id(o) not in before]
@@ -385,7 +412,7 @@ def test_bad_inputs_are_said(tier, caplog):
     out.mkdir()
     _settings(tier, w, out, iterations=2)
     image, label = _add_case(tier, "lonely", 40)
-    w.logic.addCase(w._parameterNode, image, label, split="train")
+    w.logic.addCase(w.panel._parameterNode, image, label, split="train")
     tier.process()
     assert "validation" in w.ui.casesStatusLabel.text()
     with caplog.at_level(logging.ERROR):
@@ -412,7 +439,7 @@ def test_bad_inputs_are_said(tier, caplog):
 def test_unset_paths_show_empty_fields(tier):
     """A path parameter never set (Path()) shows an empty field, not "."."""
     w = tier.make_widget()
-    p = w._parameterNode
+    p = w.panel._parameterNode
     assert str(p.pretrained) == "."
     for name in ("datasetPathLineEdit", "pretrainedPathLineEdit"):
         assert getattr(w.ui, name).currentPath == "", name
@@ -426,7 +453,7 @@ def test_unset_paths_show_empty_fields(tier):
 def test_plot_view_keeps_its_chart(tier):
     """The panel's plot view node does not follow 'show chart in layout' elsewhere."""
     w = tier.make_widget()
-    nodes = w._ensureCurveNodes()
+    nodes = w.panel._ensureCurveNodes()
     viewNode = nodes["view"][0]
     assert not viewNode.GetDoPropagatePlotChartSelection()
     import slicer
@@ -447,7 +474,7 @@ def test_scene_close_and_exit_while_running(tier, monkeypatch):
     w = tier.make_widget()
     w.STOP_TIMEOUT_S = 20.0
     w.TERM_GRACE_S = 2.0
-    p = w._parameterNode
+    p = w.panel._parameterNode
     cases = [_add_case(tier, f"close{i}", 20 + i) for i in range(2)]
     for (image, label), split in zip(cases, ("train", "validation")):
         w.logic.addCase(p, image, label, split=split)
@@ -455,9 +482,9 @@ def test_scene_close_and_exit_while_running(tier, monkeypatch):
     _settings(tier, w, tier.tmp / "close-runs", iterations=400)
     _tiny_runs(w)
     tier.click(w.ui.startButton)
-    worker = w._monitor.worker
-    runDir = w._monitor.run_dir
-    _wait(tier, w, lambda: w._view is not None and w._view.iteration >= 1, 120, "an iteration")
+    worker = w.panel._monitor.worker
+    runDir = w.panel._monitor.run_dir
+    _wait(tier, w, lambda: w.panel._view is not None and w.panel._view.iteration >= 1, 120, "an iteration")
     asked = []
     monkeypatch.setattr(slicer.util, "confirmYesNoDisplay",
                         lambda text, **kw: asked.append(text) or False)
@@ -465,7 +492,7 @@ def test_scene_close_and_exit_while_running(tier, monkeypatch):
     tier.process(0.2)
     assert asked and "still running" in asked[0]
     assert worker.running, "answering No must leave the run running"
-    assert w._monitor is not None and w._monitor.run_dir == runDir
+    assert w.panel._monitor is not None and w.panel._monitor.run_dir == runDir
     # Slicer exits: cleanup must not wait for the worker
     started = time.monotonic()
     tier.destroy_widget(w)

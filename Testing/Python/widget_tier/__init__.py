@@ -20,6 +20,8 @@ import types
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 MODULE_DIR = os.path.join(REPO, "JCSAugment")
 MODULE_FILE = os.path.join(MODULE_DIR, "JCSAugment.py")
+#: the panel the module file's widget makes (the widget code the tier's coverage is about)
+PANEL_FILE = os.path.join(MODULE_DIR, "JCSAugmentSlicer", "widget.py")
 #: where Slicer 5.12.3's Python sources may lie (never copied into the repository): the folder
 #: named by JCSAUGMENT_SLICER_PYTHON, ../shared beside the repository (a working checkout), or
 #: the project's shared folder on this machine (a clone elsewhere, as CI makes one)
@@ -51,23 +53,24 @@ def missing_prerequisite():
 
 
 class LineTrace:
-    """Lines of one file executed while active (sys.settrace, also in threads started later):
+    """Lines of some files executed while active (sys.settrace, also in threads started later):
     the tier's coverage measure when coverage.py is not installed."""
 
-    def __init__(self, filename):
-        self.filename = os.path.realpath(filename)
-        self.lines = set()
+    def __init__(self, *filenames):
+        self.lines = {os.path.realpath(f): set() for f in filenames}
 
     def _trace(self, frame, event, arg):
-        if frame.f_code.co_filename != self.filename:
+        lines = self.lines.get(frame.f_code.co_filename)
+        if lines is None:
             return None
         if event == "line":
-            self.lines.add(frame.f_lineno)
+            lines.add(frame.f_lineno)
         return self._trace
 
     def _global(self, frame, event, arg):
-        if event == "call" and frame.f_code.co_filename == self.filename:
-            self.lines.add(frame.f_lineno)
+        lines = self.lines.get(frame.f_code.co_filename) if event == "call" else None
+        if lines is not None:
+            lines.add(frame.f_lineno)
             return self._trace
         return None
 
@@ -80,11 +83,20 @@ class LineTrace:
         sys.settrace(self._previous)
         return False
 
-    def executable_lines(self):
+    def report(self):
+        """{file: (lines hit, statement lines, statement lines missed)}."""
+        out = {}
+        for filename, lines in self.lines.items():
+            executable = self.executable_lines(filename)
+            out[filename] = (lines & executable, executable, sorted(executable - lines))
+        return out
+
+    @staticmethod
+    def executable_lines(filename):
         """Statement lines of the file (what coverage.py counts, near enough: the lines that
         carry bytecode, docstring-only lines excluded)."""
         import ast
-        with open(self.filename, encoding="utf-8") as f:
+        with open(filename, encoding="utf-8") as f:
             tree = ast.parse(f.read())
         lines = set()
         for node in ast.walk(tree):
@@ -149,8 +161,10 @@ class SlicerTier:
         from . import pythonqt, standins
 
         import slicer  # the slicer-core wheel
-        names = ["qt", "ctk", "JCSAugment", "JCSAugmentSlicer", "JCSAugmentSlicer.logic",
-                 "JCSAugmentSlicer.dependencies"] + list(SLICER_PARTS)
+        names = ["qt", "ctk", "JCSAugment"] + [
+            n for n in sys.modules if n.split(".")[0] == "JCSAugmentSlicer"] + [
+            f"JCSAugmentSlicer.{n}" for n in ("logic", "dependencies", "parameters", "widget",
+                                              "selftest")] + list(SLICER_PARTS)
         names += [n for n in sys.modules if n.startswith("slicer.parameterNodeWrapper.")]
         for name in names:
             self._saved[name] = sys.modules.pop(name, None)
@@ -227,8 +241,8 @@ class SlicerTier:
 
     # -------------------------------------------------------------- the panel
     def make_widget(self, enter=True):
-        """A new panel as Slicer makes it: the widget class on the module's panel, setup(),
-        enter()."""
+        """A new panel as Slicer makes it: the module file's widget class on the module's panel,
+        setup(), enter(). The panel it made is its ``panel`` (JCSAugmentSlicer/widget.py)."""
         widget = self.module.JCSAugmentWidget(self.panel)
         widget.setup()
         self.slicer.modules.JCSAugmentWidget = widget
@@ -265,6 +279,23 @@ class SlicerTier:
         widget.onReload()
         self.module = sys.modules["JCSAugment"]
         return self.slicer.modules.JCSAugmentWidget
+
+    def screenshot(self, widget, name, width=460):
+        """``widget`` (the panel or one of its sections) as Qt draws it, offscreen: a QPixmap,
+        also saved as ``name``.png in the folder JCSAUGMENT_PANEL_SCREENSHOTS names, if any
+        (the README's pictures of the panel are made this way)."""
+        if not self.panel.isVisible():
+            self.panel.show()
+        self.panel.resize(width, max(200, self.panel.sizeHint().height()))
+        self.app.processEvents()
+        pixmap = widget.grab()
+        folder = os.environ.get("JCSAUGMENT_PANEL_SCREENSHOTS")
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f"{name}.png")
+            if not pixmap.save(path, "PNG"):
+                raise OSError(f"cannot write {path}")
+        return pixmap
 
     def click(self, button):
         """A user's click (timed like an event-loop step)."""

@@ -35,8 +35,25 @@ class ctkCollapsibleButton(QtWidgets.QWidget):
 
     def setText(self, text):
         self._text = text
+        self.setContentsMargins(0, 24, 0, 0)  # room for the title bar paintEvent draws
+        self.update()
 
     text = Property(str, getText, setText)
+
+    def paintEvent(self, event):
+        """A title bar with the section's name (for the tier's screenshots)."""
+        painter = QtGui.QPainter(self)
+        try:
+            bar = QtCore.QRect(0, 0, self.width(), 20)
+            painter.fillRect(bar, QtGui.QColor(225, 228, 232))
+            painter.setPen(QtGui.QColor(30, 30, 30))
+            font = painter.font()
+            font.setBold(True)
+            painter.setFont(font)
+            painter.drawText(bar.adjusted(8, 0, 0, 0), QtCore.Qt.AlignVCenter | QtCore.Qt.AlignLeft,
+                             ("\u25b8 " if self._collapsed else "\u25be ") + self._text)
+        finally:
+            painter.end()
 
     def getCollapsed(self):
         return self._collapsed
@@ -278,7 +295,9 @@ class qMRMLNodeComboBox(QtWidgets.QWidget):
 
 
 class qMRMLPlotView(QtWidgets.QWidget):
-    """Holds its plot view node; draws nothing (the chart content is checked on the nodes)."""
+    """Holds its plot view node. For the tier's screenshots it draws the chart's series as plain
+    lines from their table nodes (Slicer's plot view draws them its own way; the chart content
+    is checked on the nodes)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -293,6 +312,65 @@ class qMRMLPlotView(QtWidgets.QWidget):
 
     def mrmlPlotViewNode(self):
         return self._viewNode
+
+    def _series(self):
+        """[(name, rgb, [(x, y)])] of the view's chart (the MRML nodes, read as they are)."""
+        view = self._viewNode
+        chart = None
+        if view is not None and self._scene is not None and view.GetPlotChartNodeID():
+            chart = self._scene.GetNodeByID(view.GetPlotChartNodeID())
+        out = []
+        for i in range(chart.GetNumberOfPlotSeriesNodes() if chart is not None else 0):
+            series = chart.GetNthPlotSeriesNode(i)
+            table = series.GetTableNode() if series is not None else None
+            if table is None:
+                continue
+            xs = table.GetTable().GetColumnByName(series.GetXColumnName())
+            ys = table.GetTable().GetColumnByName(series.GetYColumnName())
+            if xs is None or ys is None:
+                continue
+            points = [(float(xs.GetValue(k)), float(ys.GetValue(k)))
+                      for k in range(min(xs.GetNumberOfTuples(), ys.GetNumberOfTuples()))]
+            points = [(x, y) for x, y in points if x == x and y == y]
+            if points:
+                out.append((series.GetName(), series.GetColor(), points))
+        return out, chart
+
+    def paintEvent(self, event):
+        painter = QtGui.QPainter(self)
+        try:
+            painter.fillRect(self.rect(), QtGui.QColor(255, 255, 255))
+            series, chart = self._series()
+            frame = QtCore.QRectF(40, 10, max(10, self.width() - 50), max(10, self.height() - 50))
+            painter.setPen(QtGui.QColor(150, 150, 150))
+            painter.drawRect(frame)
+            if not series:
+                return
+            xs = [x for _n, _c, pts in series for x, _y in pts]
+            ys = [y for _n, _c, pts in series for _x, y in pts]
+            x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+            y0, y1 = min(0.0, min(ys)), max(ys) if max(ys) > min(0.0, min(ys)) else 1.0
+            painter.setRenderHint(QtGui.QPainter.Antialiasing)
+
+            def at(x, y):
+                return QtCore.QPointF(frame.left() + (x - x0) / (x1 - x0) * frame.width(),
+                                      frame.bottom() - (y - y0) / (y1 - y0) * frame.height())
+            for k, (name, rgb, pts) in enumerate(series):
+                pen = QtGui.QPen(QtGui.QColor.fromRgbF(*rgb))
+                pen.setWidthF(1.5)
+                painter.setPen(pen)
+                painter.drawPolyline(QtGui.QPolygonF([at(x, y) for x, y in pts]))
+                if len(pts) == 1:
+                    painter.drawEllipse(at(*pts[0]), 2.5, 2.5)
+                painter.drawText(QtCore.QPointF(frame.left() + 8 + 120 * k,
+                                                frame.bottom() + 32), name)
+            painter.setPen(QtGui.QColor(60, 60, 60))
+            painter.drawText(QtCore.QPointF(2, frame.top() + 10), f"{y1:.2g}")
+            painter.drawText(QtCore.QPointF(2, frame.bottom()), f"{y0:.2g}")
+            painter.drawText(QtCore.QPointF(frame.left(), frame.bottom() + 14), f"{x0:g}")
+            painter.drawText(QtCore.QPointF(frame.right() - 30, frame.bottom() + 14), f"{x1:g}")
+        finally:
+            painter.end()
 
 
 class qSlicerScriptedLoadableModuleWidget(qMRMLWidget):
