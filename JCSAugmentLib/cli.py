@@ -133,12 +133,42 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _whole_numbers(text: str) -> List[int]:
+    """``"1,8"`` (or ``"64"``) -> [1, 8]: an argparse type for comma-separated whole numbers."""
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole "
+                                         f"numbers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("no numbers given")
+    return values
+
+
+def _bench_size(parts) -> tuple:
+    """``--shape 32,32,32`` or ``--size 32 32 32`` (None: the default) -> (z, y, x)."""
+    from .bench.infer_bench import DEFAULT_SIZE
+    if parts is None:
+        return DEFAULT_SIZE
+    values = [v for part in parts for v in part]
+    if len(values) != 3:
+        raise UsageError(f"--shape takes 3 whole numbers (Z,Y,X or Z Y X), got "
+                         f"{','.join(map(str, values))}")
+    return tuple(values)
+
+
 def _cmd_bench(args) -> int:
     if args.what == "infer":
-        from .bench.infer_bench import run_infer_bench
-        result = run_infer_bench(device=args.device, size=tuple(args.size),
-                                 patch=args.patch or 64, base_features=args.base_features,
-                                 print_table=not args.json)
+        from .bench.infer_bench import DEFAULT_PATCH, run_infer_bench
+        try:
+            result = run_infer_bench(device=args.device, size=_bench_size(args.size),
+                                     patch=args.patch or DEFAULT_PATCH,
+                                     base_features=args.base_features, zs=tuple(args.zs),
+                                     rounds=args.rounds, step=args.step,
+                                     batch_windows=args.batch_windows, peers=not args.no_peers,
+                                     print_table=not args.json)
+        except ValueError as e:
+            raise UsageError(f"bench infer: {e}") from None
     elif args.what == "meta":
         from .bench.meta_bench import run_meta_bench
         result = run_meta_bench(device=args.device, patch=args.patch or 48,
@@ -165,6 +195,7 @@ def _cmd_train(args) -> int:
     # included): the job fields they set come from the one mapping in run/job_builder.py
     settings = TrainSettings.from_mapping(vars(args))
     overrides = settings.to_overrides()
+    _check_compare_options(args)
     new_job = None
     if args.dataset or args.out:
         if not (args.dataset and args.out):
@@ -173,7 +204,7 @@ def _cmd_train(args) -> int:
         if args.run_dir:
             raise UsageError("give either RUN_DIR or --dataset/--out, not both")
         folder = RunFolder(args.out)
-        if folder.has_job() and not args.resume:
+        if folder.has_job() and not args.resume and not _is_comparison(folder):
             if not folder.has_checkpoint():  # a start that failed before its first checkpoint
                 raise UsageError(f"{folder.path} already holds a job.json but no checkpoint "
                                  f"(its last start failed; see status.json): start it again "
@@ -204,9 +235,56 @@ def _cmd_train(args) -> int:
         if not os.path.isdir(folder.path):
             raise UsageError(f"{args.run_dir}: no such run folder (create one with --dataset "
                              f"DIR --out {args.run_dir})")
+    if args.compare is not None or _is_comparison(folder):
+        return _train_comparison(args, folder, overrides, new_job)
     return run_worker(folder, resume=args.resume, quiet=args.quiet, overrides=overrides,
                       restart=args.restart, new_job=new_job,
                       hold_lock_until_exit=getattr(args, "own_process", False))
+
+
+def _is_comparison(folder) -> bool:
+    from .run.compare import is_comparison
+    return is_comparison(folder.path)
+
+
+def _check_compare_options(args) -> None:
+    """``--compare`` / ``--seeds``, checked before anything is read or written."""
+    from .run.compare import BASELINES, LEARNED_MODES
+    if args.compare is None:
+        if args.seeds is not None:
+            raise UsageError("--seeds goes with --compare heuristic (each seed trains one "
+                             "pair)")
+        return
+    if args.compare not in BASELINES:
+        raise UsageError(f"--compare {args.compare!r}: the method to compare with is "
+                         f"{' or '.join(BASELINES)}")
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds {args.seeds}: must be at least 1 (each seed trains one "
+                         f"pair)")
+    if args.mode is not None and args.mode not in LEARNED_MODES:
+        what = "the heuristic itself" if args.mode == args.compare else "a mode that learns no TRA"
+        raise UsageError(f"--compare {args.compare} compares a learned mode with heuristic TRA, "
+                         f"but --mode {args.mode} is {what}: choose --mode "
+                         f"{', '.join(LEARNED_MODES)}")
+    if args.restart:
+        raise UsageError("--restart does not apply to a comparison: continue it with --resume, "
+                         "or start a new one in another folder")
+
+
+def _train_comparison(args, folder, overrides, new_job) -> int:
+    """``train --compare heuristic``, or ``train RUN --resume`` of a comparison folder."""
+    from .run.folder import COMPARE_FILE
+    from .train.compare import run_compare
+    if args.compare is None and not args.resume:
+        raise UsageError(f"{folder.path} holds a comparison ({COMPARE_FILE}): continue it with "
+                         f"'jcsaugment train {folder.path} --resume'")
+    if args.restart:
+        raise UsageError("--restart does not apply to a comparison: continue it with --resume, "
+                         "or start a new one in another folder")
+    return run_compare(folder, baseline=args.compare or "heuristic", seeds=args.seeds,
+                       resume=args.resume, quiet=args.quiet, overrides=overrides,
+                       new_job=new_job,
+                       hold_lock_until_exit=getattr(args, "own_process", False))
 
 
 def _cmd_predict(args) -> int:
@@ -234,7 +312,7 @@ def _cmd_predict(args) -> int:
     options = PredictOptions(tea=args.tea, z=args.z, step=args.step,
                              uncertainty=args.uncertainty, checkpoint=args.checkpoint,
                              device=args.device, overwrite=args.overwrite,
-                             batch_windows=args.batch_windows)
+                             batch_windows=args.batch_windows, progress_file=True)
     # the window progress line (stderr, a terminal only) is cleared before any other line
     line = ProgressLine(enabled=False if args.quiet else None)
 
@@ -273,6 +351,25 @@ def _cmd_policy(args) -> int:
     return 0
 
 
+def _save_npz_atomically(path: str, arrays) -> None:
+    """``numpy.savez_compressed`` through a temporary file in the same folder (a reader never
+    sees half an archive). Plain arrays only: read back with ``allow_pickle=False``."""
+    import os
+    import tempfile
+
+    import numpy as np
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".gallery-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def _policy_gallery(args) -> int:
     """``jcsaugment policy RUN --gallery IMAGE LABEL --out PNG``."""
     from .threads import apply_thread_policy
@@ -283,6 +380,15 @@ def _policy_gallery(args) -> int:
     _check_device(args.device)
     if args.tea_top < 0:
         raise UsageError("--tea-top must be 0 or more")
+    if args.group:
+        from .augment.tables import TRA_GROUPS
+        names = [g.name for g in TRA_GROUPS] + ["tea"]
+        unknown = [g for g in args.group if g.lower() not in names]
+        if unknown:
+            raise UsageError(f"--group {unknown[0]!r} is no gallery row; give one of "
+                             f"{', '.join(names)}")
+        if "tea" in [g.lower() for g in args.group] and args.tea_top == 0:
+            raise UsageError("--group tea with --tea-top 0: there would be no TEA row")
     try:
         policies = load_gallery_policies(args.run, None if args.initial == "none"
                                          else args.initial)
@@ -306,7 +412,12 @@ def _policy_gallery(args) -> int:
     for message in gallery.messages:
         print(f"note: {message}", file=sys.stderr)
     with _writing("--out", args.out):
-        draw_gallery(gallery, args.out, channel=args.show_channel)
+        draw_gallery(gallery, args.out, channel=args.show_channel, groups=args.group)
+    if args.arrays:
+        from .augment.gallery import gallery_strips
+        with _writing("--arrays", args.arrays):
+            _save_npz_atomically(args.arrays, gallery_strips(gallery, args.group,
+                                                             args.show_channel))
     print(f"wrote {args.out} ({len(gallery.tiles)} tiles: "
           f"{', '.join(p.name for p in gallery.patches)})")
     return 0
@@ -416,20 +527,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["augment", "meta", "infer"],
                    help="augment: TRA patches/s vs the peers; meta: s/iteration of joint "
                         "learning vs heuristic TRA; infer: one volume with TEA z = 1, 4, 8")
-    s.add_argument("--size", type=int, nargs=3, default=(155, 240, 240), metavar=("Z", "Y", "X"),
-                   help="infer: volume size in voxels")
+    from .bench.infer_bench import DEFAULT_SIZE, DEFAULT_STEP, DEFAULT_ZS
+    s.add_argument("--shape", "--size", dest="size", type=_whole_numbers, nargs="+",
+                   metavar="Z,Y,X",
+                   help=f"infer: volume size in voxels, z y x, as 32,32,32 or 32 32 32 "
+                        f"(default: {','.join(map(str, DEFAULT_SIZE))}: about an hour on 2 "
+                        f"CPU cores)")
+    s.add_argument("--zs", type=_whole_numbers, default=",".join(map(str, DEFAULT_ZS)),
+                   metavar="Z,Z,...",
+                   help="infer: our TEA copies to time, e.g. 1,8 (z: the first z of nnU-Net's "
+                        "8 mirror ops; 8 is the U-Net's heuristic TEA)")
+    s.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="infer: rounds; the contestants take turns in each, the median is "
+                        "kept")
+    s.add_argument("--step", type=float, default=DEFAULT_STEP, metavar="FRACTION",
+                   help="infer: sliding-window step, a fraction of the window")
+    s.add_argument("--batch-windows", type=int, metavar="N",
+                   help="infer: our windows per batch (default: from the device, as predict "
+                        "does)")
     s.add_argument("--base-features", type=int, default=10, metavar="N",
                    help="infer: U-Net channels at the first stage")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     s.add_argument("--batch", type=int, metavar="N",
                    help="patches per batch (default: augment 10, meta 4)")
     s.add_argument("--patch", type=int, metavar="EDGE",
-                   help="cubic patch edge in voxels (default: augment 64, meta 48, infer 64)")
+                   help="cubic patch edge in voxels (default: augment 64, meta 48; infer: the "
+                        "window, 64)")
     s.add_argument("--repeats", type=int, metavar="N",
                    help="timed batches per pipeline (default: augment 5) or blocks of 10 "
                         "iterations (default: meta 3)")
     s.add_argument("--no-peers", action="store_true",
-                   help="augment: time our cascade only (default: every installed peer too)")
+                   help="augment: time our cascade only; infer: ours only, without nnU-Net's "
+                        "predictor (default: every installed peer too)")
     s.add_argument("--json", action="store_true", help="print the result as JSON, no table")
     s.set_defaults(func=_cmd_bench)
 
@@ -509,6 +638,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-budget", type=float, metavar="MINUTES", dest="time_budget_minutes",
                    help=_job_help("stop (with a checkpoint) after this many minutes",
                                   "time_budget_minutes"))
+    s.add_argument("--compare", metavar="METHOD",
+                   help="heuristic: also train heuristic TRA on the same cases, splits, "
+                        "backbone, seed and budget, one run after the other, segment the test "
+                        "split with both (each with its TEA and without), and write "
+                        "comparison.json/.md with per-case metrics and the paired difference "
+                        "(default: no comparison, one run)")
+    s.add_argument("--seeds", type=int, metavar="N",
+                   help="with --compare: train N pairs, seeds SEED, SEED+1, ...; on --resume a "
+                        "larger N adds pairs (default: 1)")
     s.set_defaults(func=_cmd_train)
 
     s = command("predict", help="segment images with a trained run and TEA")
@@ -540,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "2 network inputs per call on a CPU, half the free memory on a GPU)")
     s.add_argument("--quiet", action="store_true",
                    help="no progress line (default: one line with windows done and ETA, on "
-                        "a terminal)")
+                        "a terminal); DIR/predict_progress.json is kept either way")
     s.set_defaults(func=_cmd_predict)
 
     s = command("policy", help="draw a run's learned policies (TRA pies, TEA bars)")
@@ -566,6 +704,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gallery: only TEA ops more probable than P")
     s.add_argument("--show-channel", type=int, default=0, metavar="C",
                    help="gallery: channel drawn (0-based index)")
+    s.add_argument("--group", action="append", metavar="NAME",
+                   help="gallery: draw only this row: a TRA group (scaling, gamma, "
+                        "mirror_axis0, ...) or 'tea' (repeatable; default: every row)")
+    s.add_argument("--arrays", metavar="NPZ",
+                   help="gallery: also write the drawn rows as volumes to scroll through "
+                        "(per patch: the original, then each option, side by side along x; "
+                        "labels and captions beside them; default: not written)")
     s.add_argument("--seed", type=int, default=0,
                    help="gallery: random seed of the background centre and the noise")
     s.add_argument("--device", default="cpu", help="gallery: cpu, cuda or cuda:N")

@@ -271,7 +271,7 @@ class RunLogic:
                              f"{e}") from None
 
     def startTraining(self, runDir, device="auto", resume=False, python=None, wait=False,
-                      timeout=None, restart=True):
+                      timeout=None, restart=True, compareSeeds=None):
         """Start ``PythonSlicer -m JCSAugmentLib train RUN`` (returns its WorkerProcess at once;
         ``wait=True`` blocks until it ends).
 
@@ -279,21 +279,35 @@ class RunLogic:
         already holds a checkpoint (its run was started before) starts again from iteration 0
         with ``--restart``: the user asked to start, not to resume, and the worker keeps the
         old checkpoints in ``checkpoints/before-restart-TIME/``, so nothing is lost.
-        ``restart=False`` refuses such a folder instead (ValueError)."""
+        ``restart=False`` refuses such a folder instead (ValueError).
+
+        ``compareSeeds``: train a comparison in the folder instead (``--compare heuristic
+        --seeds N``, JCSAugmentLib.run.compare): heuristic TRA and the job's learned mode, one
+        pair per seed; ``resume`` continues a comparison that was stopped."""
         from JCSAugmentLib.panel.worker_process import WorkerProcess, run_folder_busy
+        from JCSAugmentLib.run.compare import LEARNED_MODES, compare_arguments, is_comparison
         self.checkRunFolder(runDir)
         folder = RunFolder(runDir)
         busy = run_folder_busy(folder)
         if busy:
             raise RuntimeError(busy)
-        if resume and not os.path.isfile(folder.checkpoint_path("last")):
+        comparison = is_comparison(runDir)
+        extra = []
+        if compareSeeds is not None:
+            mode = folder.job().training.mode
+            if mode not in LEARNED_MODES:
+                raise ValueError(f"Compare with the heuristic needs a mode that learns its "
+                                 f"training-time augmentation ({', '.join(LEARNED_MODES)}), "
+                                 f"not {mode!r}.")
+            extra = compare_arguments(int(compareSeeds))
+        if resume and not comparison and not os.path.isfile(folder.checkpoint_path("last")):
             raise ValueError(f"{runDir} has no checkpoint to resume from.")
-        again = not resume and folder.has_checkpoint()
+        again = not resume and not comparison and folder.has_checkpoint()
         if again and not restart:
             raise ValueError(f"{runDir} already holds a trained checkpoint: Resume continues "
                              f"that run, or start it again (its checkpoints are kept aside).")
         worker = WorkerProcess(folder.path, python=python, resume=resume, restart=again,
-                               device=device)
+                               device=device, extra_args=extra)
         worker.start()
         if wait:
             self.waitFor(worker, timeout)
@@ -458,6 +472,25 @@ class RunLogic:
             raise FileNotFoundError(f"No preview yet in {runDir} (the worker writes one every "
                                     f"few policy updates).")
         return update_preview_nodes(self.previewArrays(preview), scene=scene)
+
+    @staticmethod
+    def showGalleryArrays(npzPath, scene=None):
+        """A gallery's volumes (``jcsaugment policy --gallery ... --arrays NPZ``) in reused
+        nodes named "JCSAugment gallery <patch>" (slicer_scene.update_preview_nodes). Returns
+        ({name: node}, {patch: [caption along x]}), the patches first."""
+        import numpy as np
+        from JCSAugmentLib.slicer_scene import update_preview_nodes
+        if not npzPath or not os.path.exists(npzPath):
+            raise FileNotFoundError("Draw a gallery row first ('Show on case').")
+        with np.load(npzPath, allow_pickle=False) as f:  # data, never code
+            arrays = {k: f[k] for k in f.files}
+        captions = {k[:-len(" captions")]: [str(c) for c in v]
+                    for k, v in arrays.items() if k.endswith(" captions")}
+        volumes = {k: (v, None) for k, v in arrays.items() if not k.endswith(" captions")}
+        order = sorted(volumes, key=lambda k: k.endswith(" labels"))
+        nodes = update_preview_nodes({k: volumes[k] for k in order}, scene=scene,
+                                     prefix="JCSAugment gallery")
+        return nodes, captions
 
     # ------------------------------------------------------------------ prediction
     def predictionInputs(self, p, runDir):

@@ -71,6 +71,8 @@ class JCSAugmentParameterNode:
     batchSize: Annotated[int, WithinRange(0, 512)] = 0
     iterationsPerEpoch: Annotated[int, WithinRange(0, 100000)] = 0
     pretrained: pathlib.Path
+    compareHeuristic: bool = False
+    compareSeeds: Annotated[int, WithinRange(1, 20)] = 1
     # Run
     runFolder: pathlib.Path
     # Results

@@ -59,9 +59,18 @@ class JCSAugmentPanel(VTKObservationMixin):
         self._view = None
         self._prediction = None
         self._importing = None  # a PredictionImport in progress (one piece per tick)
+        self._predictProgress = None  # the predict worker's latest PredictProgressStatus
+        self._gallery = None  # (worker, png path, what it shows) of the gallery being drawn
+        self._galleryArrays = None  # the shown gallery's volumes (npz), for the slice views
+        self._compareRun = None  # the comparison folder when the run is one (run.compare)
+        self._compareStatus = None  # its CompareStatus at the last tick
+        self._comparisonShown = None  # updated_at of the comparison in the Results section
+        self._comparisonMaps = []  # its label maps still to load, one per tick
+        self._galleryCases = []
         self._policyDirty = False
         self._lastPolicyDraw = 0.0
         self._policyPngs = {}
+        self._paintedPictures = {}
         self._devicesProbe = None
         self._devices = []
         self._casesKey = None
@@ -116,6 +125,11 @@ class JCSAugmentPanel(VTKObservationMixin):
         self.ui.exportPolicyPngButton.connect("clicked(bool)", self.onExportPolicyPng)
         self.ui.exportPolicyJsonButton.connect("clicked(bool)", self.onExportPolicyJson)
         self.ui.showPreviewButton.connect("clicked(bool)", self.onShowPreview)
+        self.ui.showGalleryButton.connect("clicked(bool)", self.onShowGallery)
+        self.ui.showGalleryInSlicesButton.connect("clicked(bool)", self.onShowGalleryInSlices)
+        from JCSAugmentLib.panel.gallery import gallery_rows
+        for row in gallery_rows():
+            self.ui.galleryGroupComboBox.addItem(row.text, row.group or "")
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
 
         self._timer = qt.QTimer()
@@ -140,8 +154,9 @@ class JCSAugmentPanel(VTKObservationMixin):
             self._timer.stop()
         self.removeObservers()
         self.setParameterNode(None)
-        if self._prediction is not None and self._prediction.worker.running:
-            self._prediction.worker.kill()
+        for job in (self._prediction, self._gallery):
+            if job is not None and job.worker.running:
+                job.worker.kill()
         worker = self._monitor.worker if self._monitor is not None else None
         if worker is not None and worker.running and not self._reloading:
             logging.info("JCSAugment: stopping the training worker (its checkpoint is kept)")
@@ -422,25 +437,57 @@ class JCSAugmentPanel(VTKObservationMixin):
     def _isTrainingLive(self):
         return self._view is not None and self._view.state in ("starting", "running", "stopping")
 
-    def _attach(self, runDir, worker):
-        """Watch ``runDir`` (``worker``: the process this panel started, else None)."""
-        self._monitor = self.logic.monitor(runDir, worker)
+    def _attach(self, runDir, worker, comparison=False):
+        """Watch ``runDir`` (``worker``: the process this panel started, else None). A
+        comparison folder (``comparison``: one is being started there) is watched through its
+        current half, an ordinary run folder (_followComparison)."""
+        from JCSAugmentLib.run.compare import compare_status, is_comparison
+        self._compareRun = os.path.abspath(runDir) if comparison or is_comparison(runDir) \
+            else None
+        self._compareStatus = compare_status(runDir) if self._compareRun else None
+        self._comparisonShown = None
+        self._comparisonMaps = []
+        half = self._compareStatus.current_folder if self._compareStatus else None
+        self._monitor = self.logic.monitor(half if half and os.path.isdir(half) else runDir,
+                                           worker)
         self._view = None
         self._policyDirty = True
         self._lastPolicyDraw = 0.0
         self._policyPngs = {}
+        self._paintedPictures = {}  # key -> the policy_paint.Picture its pixmap shows
         self._shownLog = None
         self._stopNote = None
         self._finalSince = None
         self._foreignStop = None
         for label in (self.ui.traForegroundLabel, self.ui.traBackgroundLabel, self.ui.teaLabel,
-                      self.ui.previewLabel):
+                      self.ui.previewLabel, self.ui.galleryLabel):
             label.clear()
+        self._fillGalleryCases(runDir)
         self._timer.start()
         self.onTimer()
 
+    def _comparisonLive(self):
+        """A comparison with halves left is being trained (its worker holds the lock)."""
+        c = self._compareStatus
+        return c is not None and c.live and c.state in ("training", "predicting")
+
+    def _comparisonPending(self):
+        """An ended comparison whose table or label maps the panel has not shown yet."""
+        if self._compareRun is None or self._compareStatus is None:
+            return False
+        if self._comparisonMaps:
+            return True
+        from JCSAugmentLib.run.compare import comparison_path
+        return (not self._comparisonLive() and self._comparisonShown is None
+                and os.path.exists(comparison_path(self._compareRun)))
+
+    def _controlFolder(self):
+        """The folder whose stop file and run.lock belong to the worker: the comparison's when
+        the run is one, else the monitored run's."""
+        return self._compareRun or self._monitor.run_dir
+
     def onStartStop(self):
-        if self._view is not None and self._view.can_stop:
+        if (self._view is not None and self._view.can_stop) or self._comparisonLive():
             with slicer.util.tryWithErrorDisplay("Could not stop the run."):
                 self._beginStop()
             return
@@ -448,6 +495,13 @@ class JCSAugmentPanel(VTKObservationMixin):
             ensureDependencies()
             p = self._parameterNode
             settings = self.logic.settingsFromParameterNode(p)
+            compareSeeds = int(p.compareSeeds) if p.compareHeuristic else None
+            if compareSeeds is not None:
+                from JCSAugmentLib.run.compare import LEARNED_MODES
+                if settings.mode not in LEARNED_MODES:  # said before any case is exported
+                    raise ValueError(
+                        f"Compare with the heuristic needs a mode that learns its training-"
+                        f"time augmentation ({', '.join(LEARNED_MODES)}), not {settings.mode!r}.")
             # Start always trains in a new run folder: a finished or stopped run stays as it is
             # (Resume continues it), so there is nothing to confirm here
             if p.dataSource == "folder":
@@ -456,9 +510,9 @@ class JCSAugmentPanel(VTKObservationMixin):
                                                splitSeed=p.splitSeed)
             else:
                 runDir = self.logic.prepareRun(settings, rows=self.logic.caseRows(p))
-            worker = self.logic.startTraining(runDir, settings.device)
+            worker = self.logic.startTraining(runDir, settings.device, compareSeeds=compareSeeds)
             p.runFolder = pathlib.Path(runDir)
-            self._attach(runDir, worker)
+            self._attach(runDir, worker, comparison=compareSeeds is not None)
 
     def _beginStop(self):
         worker = self._monitor.worker if self._monitor is not None else None
@@ -466,7 +520,7 @@ class JCSAugmentPanel(VTKObservationMixin):
             # then poll_stop() on each tick (JCSAugmentLib.panel.controller)
             worker.begin_stop(timeout=self.STOP_TIMEOUT_S, term_grace=self.TERM_GRACE_S)
         elif self._monitor is not None:  # a run re-attached from its folder
-            self.logic.requestStop(self._monitor.run_dir)
+            self.logic.requestStop(self._controlFolder())
             # no process handle here: SIGTERM / SIGKILL its group later if it does not stop
             self._foreignStop = {"since": time.monotonic(), "signalled": None}
         self.onTimer()
@@ -495,6 +549,7 @@ class JCSAugmentPanel(VTKObservationMixin):
         (it keeps the timer running while any process this panel started is alive)."""
         from JCSAugmentLib.panel.controller import decide, lingering_message, stop_outcome_message
         self._pollDeviceProbe()
+        self._followComparison()
         view = self._pollRun()
         actions = decide(self._tickFacts(view))
         worker = self._monitor.worker if self._monitor is not None else None
@@ -509,13 +564,16 @@ class JCSAugmentPanel(VTKObservationMixin):
             self._stopNote = lingering_message(self.EXIT_GRACE_S, self.TERM_GRACE_S)
             # no stop request: the run has ended, only its process is left
             worker.begin_stop(timeout=0.0, term_grace=self.TERM_GRACE_S, request=False)
+        if actions.finish_gallery:
+            self._finishGallery()
+        self._pollPredictProgress()
         if actions.finish_prediction:
             self._finishPrediction()
             view = self._pollRun()
         if actions.signal_foreign:
             from JCSAugmentLib.panel.worker_process import signal_run_worker
             kill = actions.signal_foreign == "kill"
-            pid = signal_run_worker(self._monitor.run_dir, kill=kill)
+            pid = signal_run_worker(self._controlFolder(), kill=kill)
             self._foreignStop["signalled"] = actions.signal_foreign
             if pid is not None:
                 self._stopNote = (
@@ -528,6 +586,19 @@ class JCSAugmentPanel(VTKObservationMixin):
             self._showView(view if view is not None else self._view)
         if not decide(self._tickFacts(self._view)).keep_timer:
             self._timer.stop()
+
+    def _pollPredictProgress(self):
+        """While the predict worker runs: its progress file (windows, ETA per case and overall;
+        JCSAugmentLib.panel.predict_progress), shown in the Results section and the bar."""
+        job = self._prediction
+        if job is None or job.phase != "segmenting":
+            self._predictProgress = None
+            return
+        from JCSAugmentLib.panel.predict_progress import read_predict_progress
+        status = read_predict_progress(os.path.join(job.outDir, "labels"))
+        if status is not None and status != self._predictProgress:
+            self._predictProgress = status
+            self.ui.resultsStatusLabel.text = f"Segmenting: {status.describe()}"
 
     def _pollRun(self):
         if self._monitor is None:
@@ -552,6 +623,8 @@ class JCSAugmentPanel(VTKObservationMixin):
             view_busy=view is not None and view.busy,
             catching_up=view is not None and view.catching_up,
             training_alive=self._trainingAlive(),
+            comparison_live=self._comparisonLive(),
+            scene_work_pending=self._comparisonPending(),
             stop_phase=worker.stop_phase if worker is not None else None,
             final_since=self._finalSince, exit_grace_s=self.EXIT_GRACE_S,
             foreign_stop_since=self._foreignStop["since"] if self._foreignStop else None,
@@ -559,6 +632,8 @@ class JCSAugmentPanel(VTKObservationMixin):
             stop_timeout_s=self.STOP_TIMEOUT_S, term_grace_s=self.TERM_GRACE_S,
             prediction_pending=self._prediction is not None,
             prediction_alive=self._prediction is not None and self._prediction.worker.running,
+            gallery_pending=self._gallery is not None,
+            gallery_alive=self._gallery is not None and self._gallery.worker.running,
             probe_pending=self._devicesProbe is not None,
             policy_dirty=self._policyDirty,
             policy_available=view is not None and view.policy is not None,
@@ -589,7 +664,16 @@ class JCSAugmentPanel(VTKObservationMixin):
             bar.setRange(0, 0 if v.state == "starting" else 1)
             bar.setValue(0)
             bar.setFormat(v.state)
-        self.ui.statusLabel.text = v.message + (f"\n{self._stopNote}" if self._stopNote else "")
+        progress = self._predictProgress
+        if progress is not None and v.state == "importing":  # the bar follows the prediction
+            from JCSAugmentLib.infer.progress import format_seconds
+            bar.setRange(0, 1000)
+            bar.setValue(int(round(1000 * progress.fraction)))
+            p = progress.progress
+            bar.setFormat(f"Segmenting: {100 * progress.fraction:.0f} % of {p.windows_total} "
+                          f"windows, ETA {format_seconds(p.eta_s)}")
+        self.ui.statusLabel.text = v.message + (f"\n{self._stopNote}" if self._stopNote else "") \
+            + (f"\nComparison: {self._compareStatus.describe()}" if self._compareStatus else "")
         if v.warnings:
             self.ui.warningLabel.text = f"Warning: {v.warnings[-1]}"
             self.ui.warningLabel.toolTip = "\n".join(v.warnings[-20:])
@@ -621,8 +705,11 @@ class JCSAugmentPanel(VTKObservationMixin):
         v = self._view
         start = self.ui.startButton
         # the run's events may say it ended while its process still lives: no start on top
-        lingering = self._trainingAlive() and not (v is not None and v.can_stop)
-        if v is not None and v.state == "stopping" or lingering:
+        lingering = self._trainingAlive() and not (v is not None and v.can_stop) \
+            and not self._comparisonLive()
+        if self._comparisonLive() and not (v is not None and v.state == "stopping"):
+            start.text, start.enabled = "Stop", True  # between halves too
+        elif v is not None and v.state == "stopping" or lingering:
             start.text, start.enabled = "Stopping\u2026", False
         elif v is not None and v.can_stop:
             start.text, start.enabled = "Stop", True
@@ -634,6 +721,8 @@ class JCSAugmentPanel(VTKObservationMixin):
         self.ui.segmentButton.enabled = idle and v is not None and v.checkpoint is not None
         self.ui.openRunButton.enabled = v is None or not v.busy
         self.ui.showPreviewButton.enabled = v is not None and bool(v.preview_files)
+        self.ui.showGalleryButton.enabled = bool(self._galleryCases) and self._gallery is None
+        self.ui.showGalleryInSlicesButton.enabled = self._galleryArrays is not None
         hasPolicy = bool(self._policyPngs)
         self.ui.exportPolicyPngButton.enabled = hasPolicy
         self.ui.exportPolicyJsonButton.enabled = v is not None and v.run_dir is not None and \
@@ -671,16 +760,20 @@ class JCSAugmentPanel(VTKObservationMixin):
         except (OSError, ValueError) as e:  # a view: say why, keep training
             self.ui.policyStatusLabel.text = f"Cannot draw the policies: {e}"
             return
-        self._policyPngs = {}
         for key, label in (("tra_foreground", self.ui.traForegroundLabel),
                            ("tra_background", self.ui.traBackgroundLabel),
                            ("tea", self.ui.teaLabel)):
-            if key in pictures:
+            if key not in pictures:
+                label.clear()
+                self._policyPngs.pop(key, None)
+                self._paintedPictures.pop(key, None)
+            elif self._paintedPictures.get(key) != pictures[key]:
+                # only what changed is painted again (a policy that is not learned, or an
+                # update that moved nothing this picture shows, keeps its pixmap)
                 pixmap = self._paint(pictures[key])
                 self._policyPngs[key] = pixmap
+                self._paintedPictures[key] = pictures[key]
                 label.setPixmap(pixmap)
-            else:
-                label.clear()
         self.ui.policyStatusLabel.text = "Learned policies (updated while the run learns)."
         self._updateButtons()
 
@@ -731,6 +824,166 @@ class JCSAugmentPanel(VTKObservationMixin):
                                                   name, "JSON (*.json)")
             if path:
                 shutil.copyfile(source, path)
+
+    # ------------------------------------------------------------------ compare
+    def _followComparison(self):
+        """A comparison: watch the half it trains now (a new RunMonitor on that folder, the
+        same worker), and once it has ended show its table and load its label maps (one per
+        tick)."""
+        if self._compareRun is None or self._monitor is None:
+            return
+        from JCSAugmentLib.run.compare import compare_status, read_comparison
+        status = compare_status(self._compareRun)
+        self._compareStatus = status
+        if status is None:
+            return
+        half = status.current_folder
+        if half and half != self._monitor.run_dir and os.path.isdir(half):
+            self._monitor = self.logic.monitor(half, self._monitor.worker)
+            self._view, self._policyDirty, self._shownLog = None, True, None
+            self._fillGalleryCases(half)
+        if self._comparisonMaps:
+            self._loadComparisonMap(self._comparisonMaps.pop(0))
+            return
+        if status.live and status.state in ("training", "predicting"):
+            return
+        comparison = read_comparison(self._compareRun)
+        if comparison is None or comparison.updated_at == self._comparisonShown:
+            return
+        self._comparisonShown = comparison.updated_at
+        self._showComparison(comparison)
+        sceneCases = {r["case_id"]: r["image_nodes"][0]
+                      for r in self.logic.caseRows(self._parameterNode) if r["image_nodes"]} \
+            if self._parameterNode is not None else {}
+        self._comparisonMaps = [(sceneCases.get(r.case), r.name,
+                                 os.path.join(self._compareRun, r.prediction))
+                                for r in comparison.cases if r.prediction]
+
+    def _loadComparisonMap(self, item):
+        """One of the comparison's label maps into the scene, on its case's volume's grid and
+        named by method (kept when a node of that name exists: re-attaching loads nothing
+        twice)."""
+        image, name, path = item
+        if image is None or slicer.mrmlScene.GetFirstNodeByName(name) is not None:
+            return
+        from JCSAugmentLib.slicer_scene import load_label_map
+        try:
+            load_label_map(path, image, name=name, scene=slicer.mrmlScene)
+        except Exception as e:  # a view: say why, keep the rest
+            logging.exception("JCSAugment: loading a comparison label map failed")
+            self.ui.resultsStatusLabel.text += f"\nCould not load {name}: {e}"
+
+    def _showComparison(self, c):
+        """The comparison's means and paired differences in the metrics table, its verdict in
+        the Results status."""
+        from JCSAugmentLib.run.compare import METRICS, METRIC_TITLES, variant_title
+        table = self.ui.metricsTable
+        table.clear()
+        columns = ["What", "Label"] + [METRIC_TITLES[m] for m in METRICS]
+        means = {}
+        for r in c.means:
+            means.setdefault((r.method, r.variant, r.tea, r.label), {})[r.metric] = r.mean
+        rows = [[variant_title(method, variant, tea), label]
+                + [values.get(m) for m in METRICS]
+                for (method, variant, tea, label), values in means.items()]
+        for d in c.differences:
+            if d.over != "cases" or d.metric != "dsc" or d.mean is None:
+                continue
+            interval = "" if d.low is None else f" [{d.low:+.3f}, {d.high:+.3f}]"
+            rows.append([f"{c.learned} - {c.baseline}, {'TEA' if d.variant == 'tea' else 'no TEA'}"
+                         f" (n={d.n}, {d.up} up / {d.down} down)", d.label,
+                         f"{d.mean:+.3f}{interval}", None, None, None])
+        table.setColumnCount(len(columns))
+        table.setRowCount(len(rows))
+        table.setHorizontalHeaderLabels(columns)
+        for i, row in enumerate(rows):
+            for j, value in enumerate(row):
+                text = "" if value is None else (f"{value:.3f}" if isinstance(value, float)
+                                                 else str(value))
+                table.setItem(i, j, qt.QTableWidgetItem(text))
+        notes = [f"{h.method} (seed {h.seed}): {h.note}" for h in c.halves if not h.results]
+        self.ui.resultsStatusLabel.text = "\n".join(
+            [f"Comparison ({'complete' if c.complete else 'incomplete'}): {c.verdict}"] + notes
+            + [f"Tables: {os.path.join(self._compareRun, 'comparison.md')}"])
+
+    # ------------------------------------------------------------------ policy gallery
+    def _fillGalleryCases(self, runDir):
+        """The run's labelled cases in the gallery's case combo box (training cases first)."""
+        from JCSAugmentLib.panel.gallery import gallery_cases
+        combo = self.ui.galleryCaseComboBox
+        combo.clear()
+        try:
+            self._galleryCases = gallery_cases(runDir)
+        except (OSError, ValueError) as e:  # a view: say why, keep the rest of the panel
+            self._galleryCases = []
+            self.ui.galleryStatusLabel.text = f"No case to show the policies on: {e}"
+            return
+        for case in self._galleryCases:
+            combo.addItem(f"{case.id} ({case.split})", case.id)
+        self.ui.galleryStatusLabel.text = (
+            "Choose a case and a group, then 'Show on case' to see what each option does to "
+            "it." if self._galleryCases else "The run has no labelled case to show.")
+
+    def onShowGallery(self):
+        with slicer.util.tryWithErrorDisplay("Could not draw the policy gallery."):
+            from JCSAugmentLib.panel.gallery import (GalleryJob, gallery_command,
+                                                     gallery_npz_path, gallery_png_path)
+            from JCSAugmentLib.panel.worker_process import WorkerProcess
+            ensureDependencies()
+            index = self.ui.galleryCaseComboBox.currentIndex
+            if not 0 <= index < len(self._galleryCases):
+                raise ValueError("Choose a case of the run.")
+            case = self._galleryCases[index]
+            group = self.ui.galleryGroupComboBox.itemData(
+                self.ui.galleryGroupComboBox.currentIndex) or None
+            runDir = self._monitor.run_dir
+            png = gallery_png_path(runDir, case.id, group)
+            os.makedirs(os.path.dirname(png), exist_ok=True)
+            npz = gallery_npz_path(png)
+            cmd = gallery_command(runDir, case, png, group=group, arrays=npz)
+            worker = WorkerProcess.for_command(cmd, os.path.join(os.path.dirname(png),
+                                                                 "gallery.log"),
+                                               what="policy gallery")
+            worker.start()
+            what = self.ui.galleryGroupComboBox.currentText
+            self._gallery = GalleryJob(worker, png, f"{what} on {case.id}", npz)
+            self._galleryArrays = None
+            self.ui.galleryStatusLabel.text = (f"Drawing {what} on {case.id} in a background "
+                                               f"process\u2026")
+            self._updateButtons()
+            self._timer.start()
+
+    def _finishGallery(self):
+        job, self._gallery = self._gallery, None
+        worker = job.worker
+        pixmap = qt.QPixmap(job.png) if worker.returncode == 0 and os.path.exists(job.png) \
+            else qt.QPixmap()
+        if pixmap.isNull():
+            reason = worker.exit_reason() or "it wrote no picture"
+            last = worker.last_line()
+            self.ui.galleryStatusLabel.text = (f"The gallery failed: {reason}"
+                                               + (f" ({last})" if last and last not in reason
+                                                  else ""))
+            self.ui.galleryLabel.clear()
+        else:
+            # full size, in its scroll area: scaled to the panel's width a row's captions
+            # would be unreadable (a row of both patches is ~2000 px wide)
+            self.ui.galleryLabel.setPixmap(pixmap)
+            self._galleryArrays = job.npz if job.npz and os.path.exists(job.npz) else None
+            from JCSAugmentLib.panel.gallery import gallery_notes
+            notes = gallery_notes(worker.log_tail(50))
+            self.ui.galleryStatusLabel.text = "\n".join(
+                [f"{job.what} (full size: {job.png})."] + notes)
+        self._updateButtons()
+
+    def onShowGalleryInSlices(self):
+        with slicer.util.tryWithErrorDisplay("Could not show the gallery.", waitCursor=True):
+            nodes, captions = self.logic.showGalleryArrays(self._galleryArrays)
+            first = next(iter(nodes))
+            slicer.util.setSliceViewerLayers(background=nodes[first],
+                                             label=nodes.get(f"{first} labels"), fit=True)
+            self.ui.galleryStatusLabel.text = (
+                f"In the slice views, left to right along x: {', '.join(captions[first])}.")
 
     # ------------------------------------------------------------------ preview
     def _showPreviewPng(self, v):

@@ -15,7 +15,7 @@ a worker or subprocess.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -366,6 +366,44 @@ def make_gallery(image: np.ndarray, label: np.ndarray, tra_policy: ClassSpecific
         patches.append(GalleryPatch(name, cls, tra_policy.class_names[cls], centre, original,
                                     original_lab, blocks))
     return Gallery(title, patches, tea_ops, messages, patch_size)
+
+
+def gallery_strips(gallery: Gallery, groups: Optional[Sequence[str]] = None, channel: int = 0,
+                   gap: int = 2) -> Dict[str, np.ndarray]:
+    """The gallery as volumes to scroll through in a viewer: per patch, the original crop and
+    then each tile of the chosen rows (``groups``: TRA group names or ``"tea"``; default all),
+    side by side along x with ``gap`` voxels between, in ``channel``; and the labels the same
+    way. Keys ``"<patch>"`` (float32, z y x) and ``"<patch> labels"`` (int16); the captions, in
+    x order, under ``"<patch> captions"`` (a 1-D unicode array, no object dtype)."""
+    wanted = None if groups is None else {str(g).lower() for g in groups}
+    out: Dict[str, np.ndarray] = {}
+    for patch in gallery.patches:
+        images = [patch.image[channel]]
+        labels = [patch.label]
+        captions = ["original"]
+        for block in patch.blocks:
+            if not block.tiles:
+                continue
+            first = block.tiles[0]
+            name = "tea" if first.source == "tea" else TRA_GROUPS[first.group_index].name
+            if wanted is not None and name not in wanted:
+                continue
+            for tile in block.tiles:
+                images.append(tile.image[channel])
+                labels.append(tile.label)
+                captions.append(tile.caption.replace("\n", " "))
+        fill = float(min(float(np.min(i)) for i in images))
+        strip, strip_labels = [], []
+        for k, (im, lab) in enumerate(zip(images, labels)):
+            if k:
+                strip.append(np.full(im.shape[:2] + (gap,), fill, np.float32))
+                strip_labels.append(np.zeros(im.shape[:2] + (gap,), np.int16))
+            strip.append(np.asarray(im, np.float32))
+            strip_labels.append(np.asarray(lab, np.int16))
+        out[patch.name] = np.concatenate(strip, axis=2)
+        out[f"{patch.name} labels"] = np.concatenate(strip_labels, axis=2)
+        out[f"{patch.name} captions"] = np.asarray(captions, dtype=np.str_)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

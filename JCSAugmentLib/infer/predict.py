@@ -43,7 +43,7 @@ from ..run.checkpoint import CheckpointError, load_checkpoint
 from ..run.control import RunFolderError
 from ..run.folder import CheckpointChoice, RunFolder, as_run_folder
 from ..run.job import InferenceSpec, Job, JobError
-from .progress import PredictProgress
+from .progress import PredictProgress, ProgressFile
 from .sliding_window import (WindowProgress, prepare_for_inference, sliding_window_predict,
                              window_grid)
 
@@ -71,6 +71,10 @@ class PredictOptions:
     #: windows per network batch (None: chosen from the device, see
     #: :func:`~JCSAugmentLib.infer.sliding_window.default_batch_windows`)
     batch_windows: Optional[int] = None
+    #: keep the latest progress in ``out_dir``/``predict_progress.json`` for a poller (the
+    #: Slicer panel): :class:`~JCSAugmentLib.infer.progress.ProgressFile`; the command line
+    #: always does
+    progress_file: bool = False
 
 
 @dataclass
@@ -303,8 +307,35 @@ def predict_cases(run: "str | os.PathLike | RunFolder", images: Sequence[Sequenc
     if progress:
         progress(f"TEA {tea}: ops {ops}; sliding-window step {step:g}")
     checkpoint = dataclasses.asdict(loaded.checkpoint)
+    pfile = ProgressFile(out_dir, on_error=progress) if options.progress_file else None
+    callback = window_progress
+    if pfile is not None:
+        pfile.start(len(images), sum(window_counts), os.path.basename(images[0][0]))
+        callback = pfile if window_progress is None else _both(window_progress, pfile)
+    try:
+        records = _predict_each(loaded, images, volumes, outputs, settings, pre, ops, weights,
+                                step, tea, checkpoint, options,
+                                _WindowTracker(window_counts, callback), progress)
+    except BaseException as e:
+        if pfile is not None:
+            pfile.finish("failed", f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+        raise
+    if pfile is not None:
+        pfile.finish("done")
+    return records
+
+
+def _both(first, second):
+    def report(p: PredictProgress) -> None:
+        first(p)
+        second(p)
+    return report
+
+
+def _predict_each(loaded, images, volumes, outputs, settings, pre, ops, weights, step, tea,
+                  checkpoint, options, tracker, progress) -> List[Dict]:
+    """predict_cases' loop over the checked cases: one record per case."""
     records = []
-    tracker = _WindowTracker(window_counts, window_progress)
     for case, (files, vol, (out_path, u_path)) in enumerate(zip(images, volumes, outputs)):
         if progress:
             progress(f"predicting {os.path.basename(files[0])}")

@@ -12,11 +12,11 @@ for every call, so the same input, network and seed give bit-identical logits.
 
 Windows run in batches of ``batch_windows``: the TEA variants of all windows of a batch whose
 shapes agree go through the network together (on a CPU in calls of
-:data:`CPU_IMAGES_PER_CALL` inputs, the fastest per input there; on a GPU a batch sized to
-the free memory). The variants
-are drawn window by window, op by op, exactly as one window at a time would draw them (the
-noise ops see the same noise), and the windows are accumulated in the same order, so the
-result equals the one-window path (``batch_windows=1``) up to the network's own floating-point
+:data:`CPU_IMAGES_PER_CALL` inputs, the fastest per input there, a lone last input joining
+the call before it: :data:`LONE_INPUT_JOINS`; on a GPU a batch sized to the free memory).
+The variants are drawn window by window, op by op, exactly as one window at a time would draw
+them (the noise ops see the same noise), and the windows are accumulated in the same order, so
+the result equals the one-window path (``batch_windows=1``) up to the network's own floating-point
 differences between batch sizes. ``progress`` receives a :class:`WindowProgress` after every
 batch.
 """
@@ -38,8 +38,15 @@ from ..meta.tea_step import draw_seed, group_by_shape, noise_generator
 #: network inputs per call on a CPU: on a 2-core VM (64^3 windows, base-10 U-Net in
 #: channels-last layout, 2026-12-01, median of 4 interleaved rounds) a window cost 1.06 s in
 #: calls of 1, 0.59 s in calls of 2, 0.74 s in calls of 4 and 0.86 s in calls of 8: past 2 the
-#: activations (~85 MB per window) no longer fit the caches
+#: activations (~85 MB per window) no longer fit the caches; again 2026-12-01 14:10 UTC with the
+#: prepared network (load 5-7): a 96x160x160 volume ran 1.59x faster than one window per
+#: call with calls of 2, 1.25x with calls of 4 (median of 4 interleaved pairs)
 CPU_IMAGES_PER_CALL = 2
+#: on a CPU with the default batch, a lone last input joins the call before it (a call of 3
+#: instead of 2 + 1; the last window of an odd count joins the last batch): on a 2-core VM
+#: (64^3 windows, prepared base-10 U-Net, 2026-12-01 14:30 UTC, load 4.7, 14 interleaved
+#: rounds) a call of 1 took 1.24 s, of 2 1.07 s, of 3 1.31 s: 2 + 1 cost 1.76x a call of 3
+LONE_INPUT_JOINS = True
 #: the share of the free GPU memory a window batch may take (the rest: the accumulators, the
 #: inverses and whatever else runs on the device)
 GPU_MEMORY_SHARE = 0.5
@@ -115,13 +122,40 @@ def default_batch_windows(device, images_per_window: int,
     return max(1, min(int(n), MAX_BATCH_WINDOWS))
 
 
+class ChannelsLastInstanceNorm3d(torch.nn.InstanceNorm3d):
+    """``InstanceNorm3d`` (affine, no running statistics) that keeps its input's memory
+    layout: torch's own instance norm reshapes a channels-last input into a contiguous copy
+    and returns a contiguous result, which the next channels-last convolution copies back
+    (measured at z = 1 on a 2-core VM, 64^3 windows: the copies took 19% of a U-Net call).
+    The same parameters and ``state_dict``; in train mode, or for inputs it does not cover, it
+    is torch's. Results within ~1e-6 of torch's (one-pass variance, the same eps)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or self.track_running_stats or not self.affine or x.dim() != 5:
+            return super().forward(x)
+        var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, unbiased=False)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1, 1)
+        return torch.addcmul(self.bias.view(1, -1, 1, 1, 1) - mean * scale, x, scale)
+
+
 def prepare_for_inference(model: torch.nn.Module, device) -> torch.nn.Module:
     """``model`` (in place, and returned) laid out for fast inference on ``device``: on a CPU
     its 5-D weights in channels-last order, which oneDNN's 3-D convolutions prefer (measured
     on a 2-core VM, 64^3 windows, base-10 U-Net, 2026-12-01: 1.09x one window, 1.16x batches
-    of 4 and 8, median of 5 interleaved pairs; logits within 2e-5). On a GPU unchanged."""
+    of 4 and 8, median of 5 interleaved pairs; logits within 2e-5; without it torch runs most
+    of the U-Net's one-window convolutions through its slow im2col path), its instance
+    norms as :class:`ChannelsLastInstanceNorm3d`, which keep that layout, and the U-Net's
+    conv-norm-activation blocks with their LeakyReLU in place (its input is the norm's
+    output, used nowhere else: one 20 MB temporary less per block and window; ~5% at z = 1).
+    On a GPU unchanged."""
     if torch.device(device).type == "cpu":
+        from ..nets.unet3d import _ConvNormAct  # forward: act(norm(conv(x)))
         model.to(memory_format=torch.channels_last_3d)
+        for m in model.modules():
+            if type(m) is torch.nn.InstanceNorm3d and m.affine and not m.track_running_stats:
+                m.__class__ = ChannelsLastInstanceNorm3d
+            if type(m) is _ConvNormAct and isinstance(m.act, torch.nn.LeakyReLU):
+                m.act.inplace = True
     return model
 
 
@@ -147,7 +181,8 @@ def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], imag
     ``batch_windows``: windows per batch (None: :func:`default_batch_windows`; on a GPU the
     first window runs alone to measure its memory). ``batch_limit``: at most this many network
     inputs per call (None: a whole batch's variants of one shape; on a CPU with the default
-    batch, :data:`CPU_IMAGES_PER_CALL`). ``progress`` is called with a
+    batch, :data:`CPU_IMAGES_PER_CALL`, where a lone last input or window joins the call or
+    batch before it). ``progress`` is called with a
     :class:`WindowProgress` after every batch."""
     device, dtype = image.device, image.dtype
     shape = image.shape[1:]
@@ -172,14 +207,18 @@ def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], imag
     starts = window_grid(shape, output_size, step)
 
     def accumulate(start, inverted, valid):
-        """Add one window's TEA average (and disagreement) to the sums: today's arithmetic."""
+        """Add one window's TEA average (and disagreement) to the sums, in place."""
+        sl = tuple(slice(a, a + p) for a, p in zip(start, output_size))
+        weight_sum[sl] += importance
+        if len(inverted) == 1 and not uncertainty and bool(valid[0].all()):
+            # one op that padded nothing (z = 1): its logits are the average, exactly
+            logits_sum[(slice(None),) + sl].addcmul_(inverted[0], importance)
+            return
         vw = torch.stack([v.to(dtype) * wk for v, wk in zip(valid, w)])  # (T, 1, ...)
         total = vw.sum(0).clamp_min(1e-8)
         stack = torch.stack(inverted)  # (T, K, ...)
-        avg = (stack * vw).sum(0) / total
-        sl = tuple(slice(a, a + p) for a, p in zip(start, output_size))
-        logits_sum[(slice(None),) + sl] += avg * importance
-        weight_sum[sl] += importance
+        avg = (stack * vw).sum(0).div_(total)
+        logits_sum[(slice(None),) + sl].addcmul_(avg, importance)
         if uncertainty:
             probs = torch.softmax(stack, 1)
             mean_p = (probs * vw).sum(0) / total
@@ -191,20 +230,27 @@ def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], imag
     measure = batch_windows is None and device.type == "cuda"
     size = 1 if measure else (int(batch_windows) if batch_windows is not None
                               else default_batch_windows(device, len(ops)))
-    if batch_limit is None and batch_windows is None and device.type != "cuda":
-        # a CPU call is fastest per input at CPU_IMAGES_PER_CALL, also for one window's TEA
+    # on a CPU with the default batch: calls of CPU_IMAGES_PER_CALL inputs (the fastest per
+    # input there, also for one window's TEA), never a lone input after others (see
+    # LONE_INPUT_JOINS)
+    cpu_default = batch_limit is None and batch_windows is None and device.type != "cuda"
+    if cpu_default:
         batch_limit = CPU_IMAGES_PER_CALL
     t0 = time.perf_counter()
     n = 0
     while n < len(starts):
         batch = starts[n:n + size]
+        if cpu_default and LONE_INPUT_JOINS and len(starts) - n - size == 1 and \
+                len(ops) < CPU_IMAGES_PER_CALL:
+            batch = starts[n:]  # the last window would be a call of its own: it joins this one
         if measure:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
         crops = [crop_around(image, [a + p // 2 for a, p in zip(start, output_size)],
                              input_size, pad)[None] for start in batch]
-        per_window = _predict_tea(predict, crops, ops, stats, batch_limit, noise)
+        per_window = _predict_tea(predict, crops, ops, stats, batch_limit, noise,
+                                  join_lone=cpu_default and LONE_INPUT_JOINS)
         for start, (inverted, valid) in zip(batch, per_window):
             accumulate(start, inverted, valid)
         n += len(batch)
@@ -221,11 +267,12 @@ def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], imag
     return logits, (None if info_sum is None else info_sum / weight_sum.clamp_min(1e-8))
 
 
-def _predict_tea(predict, crops, ops, stats, batch_limit, noise):
+def _predict_tea(predict, crops, ops, stats, batch_limit, noise, join_lone=False):
     """Per window of ``crops`` (each (1, C, ...)): its predictions under every op, mapped back,
     with their valid masks. The variants are drawn window-major, op-minor (the draw order of
-    one window at a time); those of one shape share network calls, and each op's predictions
-    of all windows are inverted together."""
+    one window at a time); those of one shape share network calls (of at most ``batch_limit``
+    inputs; ``join_lone``: a last call of one input joins the call before it), and each op's
+    predictions of all windows are inverted together."""
     transformed = [tea_transform(x, op, stats=stats, generator=noise)
                    for x in crops for op in ops]  # index = window * T + op
     t = len(ops)
@@ -233,8 +280,10 @@ def _predict_tea(predict, crops, ops, stats, batch_limit, noise):
     with torch.no_grad():
         for ks in group_by_shape(transformed).values():
             limit = len(ks) if batch_limit is None else max(int(batch_limit), 1)
-            for i in range(0, len(ks), limit):
-                chunk = ks[i:i + limit]
+            chunks = [ks[i:i + limit] for i in range(0, len(ks), limit)]
+            if join_lone and len(chunks) > 1 and len(chunks[-1]) == 1:
+                chunks[-2:] = [chunks[-2] + chunks[-1]]
+            for chunk in chunks:
                 out = predict(torch.cat([transformed[k] for k in chunk]))
                 for j, k in enumerate(chunk):
                     outputs[k] = out[j:j + 1]

@@ -31,6 +31,8 @@ class TickFacts:
     view_busy: bool = False  #: ViewState.busy (starting, running, stopping, importing)
     catching_up: bool = False  #: the monitor has more old events to read
     training_alive: bool = False  #: the training process tree this panel started is alive
+    comparison_live: bool = False  #: it trains a comparison that has halves left: a half's
+    #: end is not the process's end (JCSAugmentLib.run.compare)
     stop_phase: Optional[str] = None  #: WorkerProcess.stop_phase of that process
     final_since: Optional[float] = None  #: ``now`` when the run was first seen ended while
     #: its process lived (None: not so)
@@ -43,6 +45,10 @@ class TickFacts:
     prediction_pending: bool = False  #: a prediction job exists (not yet imported)
     prediction_alive: bool = False  #: its process tree is alive
     pictures_alive: bool = False  #: a policy-picture job is running
+    gallery_pending: bool = False  #: a gallery job exists (its picture not yet shown)
+    gallery_alive: bool = False  #: its process tree is alive
+    scene_work_pending: bool = False  #: results still to show or load into the scene (a
+    #: comparison's table and label maps, one piece per tick)
     probe_pending: bool = False  #: the device probe has not answered
     policy_dirty: bool = False  #: the policy changed since the last redraw
     policy_available: bool = False  #: the run has a policy to draw
@@ -59,21 +65,24 @@ class TickActions:
     ended_alive: bool = False  #: the run has ended and its process lives (start the clock)
     signal_foreign: Optional[str] = None  #: "term" / "kill": signal the re-attached worker
     finish_prediction: bool = False  #: the prediction process has ended: import its results
+    finish_gallery: bool = False  #: the gallery process has ended: show its picture
     redraw_policies: bool = False  #: redraw the policy pictures now
     keep_timer: bool = True  #: keep the timer running after this tick
     processes_alive: bool = False  #: a process this panel started is alive (no new start)
 
 
 def processes_alive(f: TickFacts) -> bool:
-    """A process this panel started is alive (training, prediction, pictures, probe)."""
-    return f.training_alive or f.prediction_alive or f.pictures_alive or f.probe_pending
+    """A process this panel started is alive (training, prediction, pictures, gallery,
+    probe)."""
+    return (f.training_alive or f.prediction_alive or f.pictures_alive or f.gallery_alive
+            or f.probe_pending)
 
 
 def decide(f: TickFacts) -> TickActions:
     """The actions for one tick (see the module docstring)."""
     stopping = f.stop_phase not in (None, "done")
     ended_alive = (f.training_alive and not stopping and f.view_state in FINAL_STATES
-                   and not f.catching_up)
+                   and not f.catching_up and not f.comparison_live)
     # a normal exit takes a moment after the last event (teardown): only then is it hung
     lingering = ended_alive and f.final_since is not None \
         and f.now - f.final_since >= f.exit_grace_s
@@ -90,10 +99,13 @@ def decide(f: TickFacts) -> TickActions:
         elif f.foreign_signalled == "term" and elapsed >= f.stop_timeout_s + f.term_grace_s:
             signal = "kill"
     keep = (f.view_busy or f.catching_up or alive or stopping or ended_alive
-            or f.prediction_pending or waiting_to_redraw)
+            or f.prediction_pending or f.gallery_pending or f.scene_work_pending
+            or waiting_to_redraw)
     return TickActions(drive_stop=stopping and f.training_alive, stop_lingering=lingering,
                        ended_alive=ended_alive, signal_foreign=signal,
-                       finish_prediction=finish, redraw_policies=redraw, keep_timer=keep,
+                       finish_prediction=finish,
+                       finish_gallery=f.gallery_pending and not f.gallery_alive,
+                       redraw_policies=redraw, keep_timer=keep,
                        processes_alive=alive)
 
 

@@ -59,6 +59,13 @@ LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 #: where ``--restart`` keeps the checkpoints of the run it restarts (inside checkpoints/)
 SET_ASIDE_PREFIX = "before-restart-"
+#: a comparison folder (``train --compare heuristic``, run/compare.py): the plan and its state,
+#: the comparison record and its table; each half is an ordinary run folder inside it
+COMPARE_FILE = "compare.json"
+COMPARISON_FILE = "comparison.json"
+COMPARISON_MD_FILE = "comparison.md"
+#: a half's prediction folders for the comparison: predictions/compare-tea-<tea>/
+COMPARE_PREDICTIONS_PREFIX = "compare-tea-"
 
 PREVIEW_STEM = "preview_latest"
 #: the patch rows of a preview, in the order they are drawn

@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, TextIO
+from typing import Callable, Dict, List, Optional, TextIO
 
 from ..run.control import RunLockError
 from ..run.events import traceback_tail
@@ -104,11 +104,18 @@ class _Silent:
 def run_worker(run: "str | RunFolder", resume: bool = False, quiet: bool = False,
                stream: Optional[TextIO] = None, overrides: Optional[Dict[str, object]] = None,
                restart: bool = False, new_job: Optional[Job] = None,
-               hold_lock_until_exit: bool = False) -> int:
+               hold_lock_until_exit: bool = False, cache_dir: Optional[str] = None,
+               also_stop: Optional[Callable[[], bool]] = None,
+               context: Optional[Dict[str, object]] = None) -> int:
     """Run (or resume) the job of ``run``; returns the exit code.  Under torchrun every rank
     calls this; rank 0 owns the run folder. ``hold_lock_until_exit``: the calling process
     ends after this returns (``python -m JCSAugmentLib train``, the panel's worker): keep
     ``run.lock`` until it has exited, so no second worker starts during its teardown.
+    ``cache_dir``: where preprocessed cases are cached (default the folder's ``cache/``; a
+    comparison shares one between its halves).  ``also_stop``: called between iterations
+    besides the folder's own stop file; True stops the run as a stop request does (a
+    comparison's own ``stop``).  ``context``: fields added to the ``started`` and ``progress``
+    events (a comparison's ``{"compare": {"method": ..., "seed": ..., "half": 1, ...}}``).
 
     In this order, so that a refused start changes nothing: the folder's entries are checked
     (no symbolic links), the lock is taken, ``overrides`` (dotted job fields, e.g.
@@ -132,7 +139,8 @@ def run_worker(run: "str | RunFolder", resume: bool = False, quiet: bool = False
             return EXIT_REFUSED
         ctx = from_environment(job.device)
         try:
-            return _train(folder, job, resume, _Silent(), None, {"name": None}, ctx)
+            return _train(folder, job, resume, _Silent(), None, {"name": None}, ctx,
+                          options=_Options(cache_dir, None, context))
         finally:
             ctx.close()
     try:
@@ -155,7 +163,8 @@ def run_worker(run: "str | RunFolder", resume: bool = False, quiet: bool = False
             return EXIT_REFUSED
         ctx = from_environment(job.device)
         try:
-            return _run_main(folder, job, resume, stream, ctx, lock_warnings, errors)
+            return _run_main(folder, job, resume, stream, ctx, lock_warnings, errors,
+                             _Options(cache_dir, also_stop, context))
         finally:
             ctx.close()
     finally:
@@ -244,8 +253,18 @@ def _check_device(spec: str) -> None:
                             f"{torch.cuda.device_count()} CUDA device(s) exist", report=True)
 
 
+class _Options:
+    """run_worker's options for a caller that runs the worker as part of something larger
+    (a comparison): the shared cache, an extra stop test, event context."""
+
+    def __init__(self, cache_dir: Optional[str] = None,
+                 also_stop: Optional[Callable[[], bool]] = None,
+                 context: Optional[Dict[str, object]] = None):
+        self.cache_dir, self.also_stop, self.context = cache_dir, also_stop, dict(context or {})
+
+
 def _run_main(folder: RunFolder, job: Job, resume, stream, ctx, lock_warnings,
-              errors: Optional[TextIO] = None) -> int:
+              errors: Optional[TextIO] = None, options: Optional[_Options] = None) -> int:
     events = folder.event_writer()
     for w in lock_warnings:
         events.warning(w)
@@ -261,7 +280,7 @@ def _run_main(folder: RunFolder, job: Job, resume, stream, ctx, lock_warnings,
         # A stop file left by the previous worker must not stop this one (resume included);
         # a stop asked for from now on is honoured.
         folder.clear_stop()
-        return _train(folder, job, resume, events, stream, stop_signal, ctx, errors)
+        return _train(folder, job, resume, events, stream, stop_signal, ctx, errors, options)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -283,9 +302,10 @@ def _refuse(folder: RunFolder, message: str, stream, report: bool = True):
 
 
 def _train(folder: RunFolder, job: Job, resume, events, stream, stop_signal, ctx,
-           errors: Optional[TextIO] = None) -> int:
+           errors: Optional[TextIO] = None, options: Optional[_Options] = None) -> int:
     from ..policy.policy_json import save_policy
     from .trainer import Trainer
+    options = options or _Options()
 
     main = ctx.is_main
     started = time.time()
@@ -303,8 +323,8 @@ def _train(folder: RunFolder, job: Job, resume, events, stream, stop_signal, ctx
             if stream:
                 stream.write(f"{stage} ({done}/{total})\n")
 
-        trainer = Trainer(job, folder.path, cache_dir=folder.cache_dir, progress=progress,
-                          dist=ctx)
+        trainer = Trainer(job, folder.path, cache_dir=options.cache_dir or folder.cache_dir,
+                          progress=progress, dist=ctx)
         if resume:
             for w in trainer.load_state_dict(folder.load_checkpoint("last")):
                 events.warning(w)
@@ -314,7 +334,7 @@ def _train(folder: RunFolder, job: Job, resume, events, stream, stop_signal, ctx
                 "splits": trainer.splits, "num_classes": trainer.num_classes,
                 "resumed_from": trainer.iteration if resume else None,
                 "policy_classes": list(trainer.tra.class_names)}
-        events.started(trainer.job.to_dict(), info)
+        events.started(trainer.job.to_dict(), info, **options.context)
         budget = job.time_budget_minutes
         bar = _Progress(total, stream, None if budget is None else started + budget * 60)
         bar.first = time.perf_counter()
@@ -324,7 +344,8 @@ def _train(folder: RunFolder, job: Job, resume, events, stream, stop_signal, ctx
             _save_policy(folder, trainer, events, save_policy)
             _preview(folder, trainer, events)
         while trainer.iteration < total:
-            reason = _stop_reason(folder, stop_signal, budget, started) if main else None
+            reason = _stop_reason(folder, stop_signal, budget, started,
+                                  options.also_stop) if main else None
             if ctx.any(reason is not None):  # rank 0 decides for all ranks
                 return _finish(folder, trainer, events, save_policy, reason or "stopped",
                                started, ctx)
@@ -334,7 +355,7 @@ def _train(folder: RunFolder, job: Job, resume, events, stream, stop_signal, ctx
             if now - last_event > 2 or it == total or it == start_iteration + 1:
                 speed = (it - start_iteration) / max(1e-9, time.perf_counter() - bar.first)
                 events.progress(epoch, it, total, res.losses, round(speed, 4),
-                                eta=bar.eta(it, start_iteration))
+                                eta=bar.eta(it, start_iteration), **options.context)
                 _status("running", started_at=started, iteration=it, of=total, epoch=epoch,
                         eta_seconds=bar.eta(it, start_iteration), losses=res.losses)
                 last_event = now
@@ -400,8 +421,9 @@ def failure_reason(e: BaseException):
     return f"{type(first).__name__}: {text}", EXIT_FAILED
 
 
-def _stop_reason(folder: RunFolder, stop_signal, budget, started) -> Optional[str]:
-    if stop_signal["name"] or folder.stop_requested():
+def _stop_reason(folder: RunFolder, stop_signal, budget, started,
+                 also_stop: Optional[Callable[[], bool]] = None) -> Optional[str]:
+    if stop_signal["name"] or folder.stop_requested() or (also_stop is not None and also_stop()):
         return "stopped"
     if budget is not None and time.time() - started > budget * 60:
         return "budget"

@@ -49,6 +49,26 @@ def test_prediction_finishes_once_its_process_ended():
     assert a.finish_prediction and a.keep_timer
 
 
+def test_a_comparisons_finished_half_is_no_ended_run():
+    """Between the halves of a comparison the half just monitored has finished while the
+    worker goes on with the next: never stop it as a lingering process."""
+    facts = dict(now=100.0, view_state="done", training_alive=True, final_since=0.0)
+    assert decide(TickFacts(**facts)).stop_lingering
+    a = decide(TickFacts(**facts, comparison_live=True))
+    assert not a.stop_lingering and not a.ended_alive and a.keep_timer
+    # the comparison has ended: its table and label maps still keep the timer
+    assert decide(TickFacts(now=0.0, view_state="done", scene_work_pending=True)).keep_timer
+
+
+def test_gallery_is_shown_once_its_process_ended_also_on_a_finished_run():
+    a = decide(TickFacts(now=0.0, view_state="done", gallery_pending=True, gallery_alive=True))
+    assert not a.finish_gallery and a.keep_timer and a.processes_alive
+    a = decide(TickFacts(now=0.0, view_state="done", gallery_pending=True))
+    assert a.finish_gallery and a.keep_timer and not a.processes_alive
+    a = decide(TickFacts(now=0.0, view_state="done"))
+    assert not a.finish_gallery and not a.keep_timer
+
+
 def test_policy_redraw_is_rate_limited_and_waits_for_a_running_drawing():
     base = dict(view_state="running", view_busy=True, training_alive=True, policy_dirty=True,
                 policy_available=True, policy_interval_s=2.0)

@@ -242,3 +242,48 @@ def test_a_run_folder_without_policy_json_uses_the_initial_policy(tmp_path, caps
     assert NO_FOREGROUND_MESSAGE in captured.err and "65 tiles" in captured.out
     assert main(_gallery_args(tmp_path / "missing", paths, out)) == 2
     assert "neither a run folder nor a policy JSON file" in capsys.readouterr().err
+
+
+def test_cli_group_draws_only_that_row(tmp_path, capsys):
+    """``--group gamma``: the picture of one group's row (what the panel shows for a group) is
+    smaller than the whole gallery; a name that is no row is one error line."""
+    import SimpleITK as sitk
+    paths = _write_case(tmp_path, _case()[1].astype(np.uint8))
+    run = tmp_path / "run"
+    run.mkdir()
+    save_policy(str(run / "policy.json"), make_tra_policy("nnunet"), make_tea_policy("nnunet"))
+    whole, row = tmp_path / "all.png", tmp_path / "gamma.png"
+    assert main(_gallery_args(run, paths, whole)) == 0
+    assert main(_gallery_args(run, paths, row) + ["--group", "gamma"]) == 0
+    size = [sitk.ReadImage(str(p)).GetSize() for p in (whole, row)]
+    assert size[1][0] <= size[0][0] and size[1][1] < size[0][1] / 4, size
+    capsys.readouterr()
+    assert main(_gallery_args(run, paths, tmp_path / "x.png") + ["--group", "gama"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'gama' is no gallery row" in err[0] and "gamma" in err[0]
+
+
+def test_cli_arrays_are_the_drawn_rows_as_volumes(tmp_path):
+    """``--arrays``: per patch the original, then each option of the drawn row, side by side
+    along x; the first tile is the original crop, every option's tile differs from it only by
+    its op; captions in x order; plain arrays (loads with allow_pickle=False)."""
+    paths = _write_case(tmp_path, _case()[1].astype(np.uint8))
+    run = tmp_path / "run"
+    run.mkdir()
+    save_policy(str(run / "policy.json"), make_tra_policy("nnunet"), make_tea_policy("nnunet"))
+    npz = tmp_path / "g.npz"
+    assert main(_gallery_args(run, paths, tmp_path / "g.png")
+                + ["--group", "mirror_axis0", "--arrays", str(npz)]) == 0
+    with np.load(npz, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    assert set(arrays) >= {"foreground patch", "foreground patch labels",
+                           "foreground patch captions"}
+    d, h, w = PATCH
+    strip = arrays["foreground patch"]
+    captions = list(arrays["foreground patch captions"])
+    assert captions[0] == "original" and len(captions) == 3  # original, identity, flip
+    assert strip.shape == (d, h, 3 * w + 2 * 2)
+    original, identity, flipped = (strip[:, :, k * (w + 2):k * (w + 2) + w] for k in range(3))
+    assert np.array_equal(original, identity)
+    assert np.array_equal(flipped, original[::-1])  # mirror along axis 0 (z)
+    assert arrays["foreground patch labels"].dtype == np.int16

@@ -139,7 +139,7 @@ def test_predict_refuses_to_overwrite_unless_told(run, tmp_path, capsys):
     assert main(argv + ["--overwrite"]) == 0
     import SimpleITK as sitk
     assert sitk.ReadImage(str(existing)).GetSize() == sitk.ReadImage(second).GetSize()
-    assert sorted(os.listdir(out)) == ["c2_img.nii.gz", "second.nii.gz"]
+    assert sorted(os.listdir(out)) == ["c2_img.nii.gz", "predict_progress.json", "second.nii.gz"]
 
 
 def test_the_uncertainty_map_counts_as_an_output(run, tmp_path):

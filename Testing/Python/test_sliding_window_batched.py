@@ -102,3 +102,80 @@ def test_a_bad_batch_size_is_refused(bad):
     with pytest.raises(ValueError, match="batch_windows"):
         sliding_window_predict(predict, _image(), (12, 12, 12), (12, 12, 12), 3, [0],
                                batch_windows=bad)
+
+
+def test_prepare_for_inference_keeps_the_logits_and_the_parameters():
+    import copy
+    from JCSAugmentLib.infer.sliding_window import (ChannelsLastInstanceNorm3d,
+                                                    prepare_for_inference)
+    torch.manual_seed(0)
+    net = UNet3D(1, 3, base_features=4, max_features=16, strides=((1, 1, 1), (2, 2, 2)),
+                 deep_supervision=False).eval()
+    for m in net.modules():  # non-trivial affine norms
+        if isinstance(m, torch.nn.InstanceNorm3d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+    plain = copy.deepcopy(net)
+    prepare_for_inference(net, torch.device("cpu"))
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
+    assert norms and all(type(m) is ChannelsLastInstanceNorm3d for m in norms)
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    assert net.encoder[0].block1.act.inplace and not plain.encoder[0].block1.act.inplace
+    x = _image((12, 16, 16))[None].repeat(2, 1, 1, 1, 1)
+    with torch.no_grad():
+        a, b = plain(x), net(x)
+        # the layout is kept through the norms (torch's own returns a contiguous tensor)
+        h = norms[0](net.encoder[0].block1.conv(x))
+    assert h.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(a, plain(x.flip(2)).detach(), atol=1e-4)  # the check can fail
+    # in train mode the norm is torch's (gradients, running statistics)
+    norms[0].train()
+    y = x.to(memory_format=torch.channels_last_3d)[:, :1].repeat(1, norms[0].num_features, 1,
+                                                                  1, 1)
+    assert torch.allclose(norms[0](y), torch.nn.functional.instance_norm(
+        y, weight=norms[0].weight, bias=norms[0].bias, eps=norms[0].eps), atol=1e-5)
+
+
+def test_one_op_without_padding_takes_the_fast_path_with_the_same_result():
+    # z = 1 with the identity: the logits themselves, as the general weighted average (two
+    # identical identity ops, half weight each) gives them
+    predict, _ = _unet()
+    image = _image()
+    one, _ = sliding_window_predict(predict, image, (12, 12, 12), (12, 12, 12), 3, [0],
+                                    batch_windows=1)
+    two, _ = sliding_window_predict(predict, image, (12, 12, 12), (12, 12, 12), 3, [0, 0],
+                                    batch_windows=1, batch_limit=1)  # the same network calls
+    assert torch.allclose(one, two, atol=1e-6)
+    # a volume of one window: the importance weights cancel, the network's logits come back
+    small = image[:, :12, :12, :12]
+    alone, _ = sliding_window_predict(predict, small, (12, 12, 12), (12, 12, 12), 3, [0])
+    with torch.no_grad():
+        assert torch.allclose(alone, predict(small[None])[0], atol=1e-5)
+        assert not torch.allclose(alone, predict(small.flip(1)[None])[0], atol=1e-3)
+
+
+def test_on_a_cpu_a_lone_last_input_joins_the_call_before_it():
+    predict, calls = _unet()
+    image = _image((12, 24, 36))  # 1 x 3 x 5 = 15 windows of 12^3: an odd count
+    window = (12, 12, 12)
+    assert len(window_grid(image.shape[1:], window, 0.5)) == 15
+    default, _ = sliding_window_predict(predict, image, window, window, 3, [0])
+    assert calls == [2] * 6 + [3]  # not 2 x 7 + 1: a call of one costs more than one of two
+    calls.clear()
+    one, _ = sliding_window_predict(predict, image, window, window, 3, [0], batch_windows=1)
+    assert calls == [1] * 15 and torch.allclose(one, default, atol=1e-5)
+    calls.clear()  # a batch size or call limit the caller gave is kept as given
+    sliding_window_predict(predict, image, window, window, 3, [0], batch_windows=2)
+    assert calls == [2] * 7 + [1]
+    calls.clear()
+    sliding_window_predict(predict, image, window, window, 3, [0], batch_limit=2)
+    assert calls == [2] * 7 + [1]
+    calls.clear()  # three TEA copies of one window: one call of 3, not 2 + 1
+    ops = list(TEA_MIRROR_OPS_NNUNET[:3])
+    default3, _ = sliding_window_predict(predict, image, window, window, 3, ops)
+    assert calls == [3] * 15
+    calls.clear()
+    one3, _ = sliding_window_predict(predict, image, window, window, 3, ops, batch_windows=1,
+                                     batch_limit=1)
+    assert calls == [1] * 45 and torch.allclose(one3, default3, atol=1e-5)

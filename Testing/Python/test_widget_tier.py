@@ -239,8 +239,8 @@ def test_panel_train_stop_resume_segment_reattach(tier):
     assert ui.startButton.text() == "Stop"
     # Stop a re-attached run whose worker hangs (SIGSTOP): this panel has no process handle,
     # so after the stop timeout it signals the worker's group (SIGTERM, then SIGKILL)
-    w.STOP_TIMEOUT_S = 2.0
-    w.TERM_GRACE_S = 1.0
+    w.panel.STOP_TIMEOUT_S = 2.0
+    w.panel.TERM_GRACE_S = 1.0
     tier.click(ui.startButton)
     _wait(tier, w, lambda: not worker.running and not w.panel._view.busy, 60,
           "the hung re-attached worker to be killed")
@@ -265,14 +265,44 @@ def test_panel_train_stop_resume_segment_reattach(tier):
     # drawn in this process: no subprocess, no torch (the GUI process never imports it)
     assert "torch" not in sys.modules or _torch_was_imported_before
     tier.screenshot(ui.runCollapsibleButton, "panel_widget_run_done")
+    # the policy gallery: one group's row on a case of the run, drawn in a worker process
+    assert ui.galleryCaseComboBox.count() == 3, "the run's three labelled cases"
+    assert ui.showGalleryButton.isEnabled()
+    ui.galleryGroupComboBox.setCurrentIndex(ui.galleryGroupComboBox.findData("gamma"))
+    tier.click(ui.showGalleryButton)
+    assert not ui.showGalleryButton.isEnabled(), "one gallery at a time"
+    _wait(tier, w, lambda: w.panel._gallery is None, 120, "the policy gallery")
+    assert not ui.galleryLabel.pixmap().isNull(), ui.galleryStatusLabel.text()
+    assert "gamma on case" in ui.galleryStatusLabel.text(), ui.galleryStatusLabel.text()
+    assert ui.showGalleryButton.isEnabled()
+    # the same row as volumes in the slice views: the original, then each gamma option
+    assert ui.showGalleryInSlicesButton.isEnabled()
+    tier.click(ui.showGalleryInSlicesButton)
+    strip = slicer.mrmlScene.GetFirstNodeByName("JCSAugment gallery foreground patch")
+    assert strip is not None, ui.galleryStatusLabel.text()
+    along = ui.galleryStatusLabel.text()
+    assert along.startswith("In the slice views") and "original" in along, along
+    tiles = along.count(",") + 1
+    assert tiles >= 3, along  # original, identity and the gamma values
+    nx = strip.GetImageData().GetDimensions()[0]
+    patch = (nx - 2 * (tiles - 1)) // tiles
+    assert nx == tiles * patch + 2 * (tiles - 1), (nx, tiles)
+    assert slicer.mrmlScene.GetFirstNodeByName("JCSAugment gallery foreground patch labels")
     tier.screenshot(ui.policiesCollapsibleButton, "panel_widget_policies")
-    draws = []
+    draws, unchanged = [], []
     for _ in range(5):
+        w.panel._paintedPictures.clear()  # all three painted again, as after a policy update
         started = time.perf_counter()
         w.panel._startPictures(runDir)
         draws.append(time.perf_counter() - started)
+        before = dict(w.panel._policyPngs)
+        started = time.perf_counter()
+        w.panel._startPictures(runDir)  # the same policy: nothing is painted again
+        unchanged.append(time.perf_counter() - started)
+        assert all(w.panel._policyPngs[k] is before[k] for k in before)
     print(f"[widget tier] policy pictures (3 pixmaps, QPainter): median "
-          f"{1000 * sorted(draws)[2]:.1f} ms, longest {1000 * max(draws):.1f} ms of 5 redraws")
+          f"{1000 * sorted(draws)[2]:.1f} ms, longest {1000 * max(draws):.1f} ms of 5 redraws; "
+          f"an unchanged policy: longest {1000 * max(unchanged):.1f} ms (nothing painted)")
     export = tier.tmp / "exported"
     export.mkdir()
     import qt
@@ -294,8 +324,20 @@ def test_panel_train_stop_resume_segment_reattach(tier):
     # Segment the test case: a label map with the input's exact IJK-to-RAS, and metrics
     assert ui.segmentButton.isEnabled()
     ui.asSegmentationCheckBox.setChecked(True)
+    seen, poll = [], w.panel._pollPredictProgress
+
+    def recordingPoll():  # what the panel read from the predict worker's progress file
+        poll()
+        if w.panel._predictProgress is not None and (
+                not seen or seen[-1] != w.panel._predictProgress):
+            seen.append(w.panel._predictProgress)
+    w.panel._pollPredictProgress = recordingPoll
     tier.click(ui.segmentButton)
     _wait(tier, w, lambda: w.panel._prediction is None and not w.panel._view.busy, 150, "the segmentation")
+    del w.panel._pollPredictProgress
+    # the panel followed the prediction: its last reading is the worker's final one
+    assert seen and seen[-1].state == "done", seen
+    assert seen[-1].progress.windows_done == seen[-1].progress.windows_total > 0
     label = slicer.mrmlScene.GetFirstNodeByName(f"{testCase} segmentation")
     assert label is not None, ui.resultsStatusLabel.text()
     image = next(c[0] for c in cases if c[0].GetName() == testCase)
@@ -354,9 +396,9 @@ def test_hung_launcher_is_killed_and_said(tier):
     panel keeps polling, kills the tree within its stop timeout, says so, and offers no second
     start while the old process lives."""
     w = tier.make_widget()
-    w.STOP_TIMEOUT_S = 2.0
-    w.TERM_GRACE_S = 1.0
-    w.EXIT_GRACE_S = 2.0
+    w.panel.STOP_TIMEOUT_S = 2.0
+    w.panel.TERM_GRACE_S = 1.0
+    w.panel.EXIT_GRACE_S = 2.0
     ui = w.ui
     tier.click(ui.clearCasesButton)
     p = w.panel._parameterNode
@@ -472,8 +514,8 @@ def test_scene_close_and_exit_while_running(tier, monkeypatch):
     and a detached watchdog for the process tree)."""
     import slicer
     w = tier.make_widget()
-    w.STOP_TIMEOUT_S = 20.0
-    w.TERM_GRACE_S = 2.0
+    w.panel.STOP_TIMEOUT_S = 20.0
+    w.panel.TERM_GRACE_S = 2.0
     p = w.panel._parameterNode
     cases = [_add_case(tier, f"close{i}", 20 + i) for i in range(2)]
     for (image, label), split in zip(cases, ("train", "validation")):
@@ -518,3 +560,74 @@ def test_self_test_skips_what_needs_torch(tier, monkeypatch):
     tester.runTest()
     assert [s.split(":")[0] for s in tester.skipped] == ["test_train_predict_pictures_preview"]
     assert "torch" in tester.skipped[0]
+
+
+def test_compare_with_the_heuristic(tier):
+    """Compare with the heuristic: one Start trains both halves in one worker (the panel
+    follows each half), both segment the test case, and the Results section shows the
+    comparison's table, its verdict, and the label maps named by method."""
+    import slicer
+    w = tier.make_widget()
+    ui = w.ui
+    tier.click(ui.clearCasesButton)
+    p = w.panel._parameterNode
+    cases = [_add_case(tier, f"cmp{i}", 20 + i) for i in range(3)]
+    for (image, label), split in zip(cases, ("train", "validation", "test")):
+        w.logic.addCase(p, image, label, split=split)
+    tier.process()
+    _settings(tier, w, tier.tmp / "compare-runs", iterations=4)
+    _tiny_runs(w)
+    ui.modeComboBox.setCurrentIndex(ui.modeComboBox.findData("heuristic", qt_tooltip_role()))
+    ui.compareCheckBox.setChecked(True)
+    assert p.compareHeuristic and p.mode == "heuristic"
+    tier.click(ui.startButton)  # a heuristic run cannot be compared with the heuristic
+    assert w.panel._monitor is None or w.panel._compareRun is None
+    ui.modeComboBox.setCurrentIndex(ui.modeComboBox.findData("joint", qt_tooltip_role()))
+    assert p.mode == "joint"
+    followed = []
+    tier.click(ui.startButton)
+    runDir = w.panel._compareRun
+    assert runDir is not None and w.panel._monitor.worker is not None
+    worker = w.panel._monitor.worker
+
+    def shown():
+        folder = w.panel._monitor.run_dir
+        if not followed or followed[-1] != folder:
+            followed.append(folder)
+        return (not worker.running and w.panel._comparisonShown is not None
+                and not w.panel._comparisonMaps)
+    _wait(tier, w, shown, 300, "the comparison's table")
+    halves = [os.path.relpath(f, runDir) for f in followed if f != runDir]
+    assert [h.split(os.sep)[-1] for h in halves] == ["heuristic", "joint"], followed
+    text = ui.resultsStatusLabel.text()
+    assert text.startswith("Comparison (complete)") and "seed" in text, text
+    whats = [ui.metricsTable.item(r, 0).text() for r in range(ui.metricsTable.rowCount())]
+    assert any(t.startswith("heuristic TRA") for t in whats), whats
+    assert any(t.startswith("joint learned TRA") for t in whats), whats
+    assert any(t.startswith("joint - heuristic, TEA") for t in whats), whats
+    names = [n.GetName() for n in _nodes("vtkMRMLLabelMapVolumeNode")]
+    from JCSAugmentLib.run.compare import read_comparison
+    expected = [r.name for r in read_comparison(runDir).cases if r.prediction]
+    assert len(expected) == 4 and set(expected) <= set(names), (expected, names)
+    assert ui.startButton.text() == "Start training" and ui.startButton.isEnabled()
+    tier.screenshot(ui.resultsCollapsibleButton, "panel_widget_compare")
+    tier.destroy_widget(w)
+    # a new panel re-attaches to the comparison folder and shows its table again; the label
+    # maps already in the scene are not loaded twice
+    w = tier.make_widget()
+    ui = w.ui
+    assert w.panel._compareRun == runDir
+    _wait(tier, w, lambda: w.panel._comparisonShown is not None and not w.panel._comparisonMaps,
+          30, "the re-attached comparison's table")
+    assert ui.resultsStatusLabel.text().startswith("Comparison (complete)")
+    assert ui.metricsTable.rowCount() == len(whats)
+    again = [n.GetName() for n in _nodes("vtkMRMLLabelMapVolumeNode")]
+    assert sorted(again) == sorted(names), "label maps loaded twice"
+    tier.destroy_widget(w)
+
+
+def qt_tooltip_role():
+    """The role the panel stores a combo box's engine name under (JCSAugmentPanel
+    _relabelCombos: readable text, the value as its tooltip)."""
+    import qt
+    return qt.Qt.ToolTipRole

@@ -286,7 +286,10 @@ class SlicerTier:
         (the README's pictures of the panel are made this way)."""
         if not self.panel.isVisible():
             self.panel.show()
-        self.panel.resize(width, max(200, self.panel.sizeHint().height()))
+        for _ in range(2):  # a changed pixmap changes the size hints after a layout pass
+            self.app.processEvents()
+            self.panel.layout().activate()
+            self.panel.resize(width, max(200, self.panel.sizeHint().height()))
         self.app.processEvents()
         pixmap = widget.grab()
         folder = os.environ.get("JCSAUGMENT_PANEL_SCREENSHOTS")
