@@ -472,11 +472,11 @@ class JCSAugmentPanel(VTKObservationMixin):
         return c is not None and c.live and c.state in ("training", "predicting")
 
     def _comparisonPending(self):
-        """An ended comparison whose table or label maps the panel has not shown yet."""
+        """A comparison still live, or ended with a table or label maps not shown yet."""
         if self._compareRun is None or self._compareStatus is None:
             return False
-        if self._comparisonMaps:
-            return True
+        if self._comparisonMaps or self._compareStatus.live:
+            return True  # (live: poll until its end is seen, whatever the half's view says)
         from JCSAugmentLib.run.compare import comparison_path
         return (not self._comparisonLive() and self._comparisonShown is None
                 and os.path.exists(comparison_path(self._compareRun)))
@@ -716,7 +716,12 @@ class JCSAugmentPanel(VTKObservationMixin):
         else:
             start.text = "Start training"
             start.enabled = v is None or v.can_start
-        self.ui.resumeButton.enabled = v is not None and v.can_resume and not lingering
+        c = self._compareStatus
+        # a stopped comparison resumes as a whole, whichever half its view shows (the half it
+        # stopped in may not have started: the view then shows the finished one before it)
+        comparisonStopped = c is not None and not c.live and c.state in ("stopped", "failed")
+        self.ui.resumeButton.enabled = (v is not None and v.can_resume and not lingering) or (
+            comparisonStopped and not self._trainingAlive())
         idle = v is None or not v.busy
         self.ui.segmentButton.enabled = idle and v is not None and v.checkpoint is not None
         self.ui.openRunButton.enabled = v is None or not v.busy

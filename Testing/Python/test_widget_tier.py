@@ -626,6 +626,49 @@ def test_compare_with_the_heuristic(tier):
     tier.destroy_widget(w)
 
 
+def test_compare_stopped_resumes_to_the_table(tier):
+    """Stop during a comparison: the worker stops with a half left to train, Resume is
+    offered and continues the comparison to its table."""
+    w = tier.make_widget()
+    ui = w.ui
+    tier.click(ui.clearCasesButton)
+    p = w.panel._parameterNode
+    cases = [_add_case(tier, f"cmq{i}", 30 + i) for i in range(3)]
+    for (image, label), split in zip(cases, ("train", "validation", "test")):
+        w.logic.addCase(p, image, label, split=split)
+    tier.process()
+    _settings(tier, w, tier.tmp / "compare-stop-runs", iterations=40)
+    _tiny_runs(w)
+    ui.modeComboBox.setCurrentIndex(ui.modeComboBox.findData("joint", qt_tooltip_role()))
+    ui.compareCheckBox.setChecked(True)
+    tier.click(ui.startButton)
+    runDir = w.panel._compareRun
+    _wait(tier, w, lambda: w.panel._view is not None and w.panel._view.iteration >= 2, 120,
+          "the first half's second iteration")
+    assert w.panel._monitor.run_dir.endswith(os.path.join("seed0", "heuristic"))
+    assert ui.startButton.text() == "Stop"
+    tier.click(ui.startButton)
+    worker = w.panel._monitor.worker
+    _wait(tier, w, lambda: not worker.running and not w.panel._view.busy, 60,
+          "the comparison to stop")
+    from JCSAugmentLib.run.compare import compare_status
+    status = compare_status(runDir)
+    # the stop lands in the first half, or -- the tiny half takes seconds -- at the second's
+    # start; either way a half is left to train
+    assert status.state == "stopped" and any(h.state != "done" for h in status.halves), \
+        status.describe()
+    # the next tick sees the comparison's end (its lock released) and offers Resume
+    _wait(tier, w, lambda: ui.resumeButton.isEnabled(), 5, "Resume to be offered")
+    assert ui.resumeButton.isEnabled(), (w.panel._view.state, ui.statusLabel.text())
+    tier.click(ui.resumeButton)
+    worker = w.panel._monitor.worker
+    _wait(tier, w, lambda: not worker.running and w.panel._comparisonShown is not None
+          and not w.panel._comparisonMaps, 300, "the resumed comparison's table")
+    assert ui.resultsStatusLabel.text().startswith("Comparison (complete)"), \
+        ui.resultsStatusLabel.text()
+    tier.destroy_widget(w)
+
+
 def qt_tooltip_role():
     """The role the panel stores a combo box's engine name under (JCSAugmentPanel
     _relabelCombos: readable text, the value as its tooltip)."""
