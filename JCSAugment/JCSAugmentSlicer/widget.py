@@ -879,25 +879,42 @@ class JCSAugmentPanel(VTKObservationMixin):
             self.ui.resultsStatusLabel.text += f"\nCould not load {name}: {e}"
 
     def _showComparison(self, c):
-        """The comparison's means and paired differences in the metrics table, its verdict in
+        """The comparison in the metrics table -- per test case, method and TEA, the means, and
+        the paired differences learned minus heuristic with their interval -- and its verdict in
         the Results status."""
         from JCSAugmentLib.run.compare import METRICS, METRIC_TITLES, variant_title
         table = self.ui.metricsTable
         table.clear()
         columns = ["What", "Label"] + [METRIC_TITLES[m] for m in METRICS]
+        seeds = len(c.seeds) > 1
+        rows = []
+        for r in c.cases:  # per test case (and seed), per method and TEA
+            who = f"{r.case}" + (f" (seed {r.seed})" if seeds else "")
+            for label, values in (r.metrics or {}).items():
+                rows.append([f"{who}: {variant_title(r.method, r.variant, r.tea)}", label]
+                            + [(values or {}).get(m) for m in METRICS])
         means = {}
         for r in c.means:
             means.setdefault((r.method, r.variant, r.tea, r.label), {})[r.metric] = r.mean
-        rows = [[variant_title(method, variant, tea), label]
-                + [values.get(m) for m in METRICS]
-                for (method, variant, tea, label), values in means.items()]
-        for d in c.differences:
-            if d.over != "cases" or d.metric != "dsc" or d.mean is None:
-                continue
-            interval = "" if d.low is None else f" [{d.low:+.3f}, {d.high:+.3f}]"
-            rows.append([f"{c.learned} - {c.baseline}, {'TEA' if d.variant == 'tea' else 'no TEA'}"
-                         f" (n={d.n}, {d.up} up / {d.down} down)", d.label,
-                         f"{d.mean:+.3f}{interval}", None, None, None])
+        rows += [[f"mean: {variant_title(method, variant, tea)}", label]
+                 + [values.get(m) for m in METRICS]
+                 for (method, variant, tea, label), values in means.items()]
+        differences = {}
+        for d in c.differences:  # learned minus baseline over the test cases, every metric
+            if d.over == "cases":
+                differences.setdefault((d.variant, d.label), {})[d.metric] = d
+        for (variant, label), byMetric in differences.items():
+            n = max(d.n for d in byMetric.values())
+            cells = []
+            for m in METRICS:
+                d = byMetric.get(m)
+                if d is None or d.mean is None:
+                    cells.append(None)
+                else:
+                    interval = "" if d.low is None else f" [{d.low:+.3f}, {d.high:+.3f}]"
+                    cells.append(f"{d.mean:+.3f}{interval}")
+            rows.append([f"{c.learned} - {c.baseline}, {'TEA' if variant == 'tea' else 'no TEA'}"
+                         f" (n={n}, 95 % interval)", label] + cells)
         table.setColumnCount(len(columns))
         table.setRowCount(len(rows))
         table.setHorizontalHeaderLabels(columns)

@@ -602,9 +602,13 @@ def test_compare_with_the_heuristic(tier):
     text = ui.resultsStatusLabel.text()
     assert text.startswith("Comparison (complete)") and "seed" in text, text
     whats = [ui.metricsTable.item(r, 0).text() for r in range(ui.metricsTable.rowCount())]
-    assert any(t.startswith("heuristic TRA") for t in whats), whats
-    assert any(t.startswith("joint learned TRA") for t in whats), whats
+    testCase = cases[2][0].GetName()
+    # per test case and method/TEA, the means, the paired differences
+    for title in ("heuristic TRA + heuristic TEA", "heuristic TRA, no TEA",
+                  "joint learned TRA + learned TEA", "joint learned TRA, no TEA"):
+        assert f"{testCase}: {title}" in whats and f"mean: {title}" in whats, (title, whats)
     assert any(t.startswith("joint - heuristic, TEA") for t in whats), whats
+    assert any(t.startswith("joint - heuristic, no TEA") for t in whats), whats
     names = [n.GetName() for n in _nodes("vtkMRMLLabelMapVolumeNode")]
     from JCSAugmentLib.run.compare import read_comparison
     expected = [r.name for r in read_comparison(runDir).cases if r.prediction]
