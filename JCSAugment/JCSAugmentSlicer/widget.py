@@ -961,7 +961,8 @@ class JCSAugmentPanel(VTKObservationMixin):
             runDir = self._monitor.run_dir
             png = gallery_png_path(runDir, case.id, group)
             os.makedirs(os.path.dirname(png), exist_ok=True)
-            npz = gallery_npz_path(png)
+            # the volumes for the slice views of one row (every row of a BraTS case: ~60 MB)
+            npz = gallery_npz_path(png) if group is not None else None
             cmd = gallery_command(runDir, case, png, group=group, arrays=npz)
             worker = WorkerProcess.for_command(cmd, os.path.join(os.path.dirname(png),
                                                                  "gallery.log"),
@@ -994,6 +995,8 @@ class JCSAugmentPanel(VTKObservationMixin):
             self._galleryArrays = job.npz if job.npz and os.path.exists(job.npz) else None
             from JCSAugmentLib.panel.gallery import gallery_notes
             notes = gallery_notes(worker.log_tail(50))
+            if job.npz is None:
+                notes.append("Choose one group to show it in the slice views.")
             self.ui.galleryStatusLabel.text = "\n".join(
                 [f"{job.what} (full size: {job.png})."] + notes)
         self._updateButtons()

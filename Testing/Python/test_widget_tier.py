@@ -288,6 +288,16 @@ def test_panel_train_stop_resume_segment_reattach(tier):
     patch = (nx - 2 * (tiles - 1)) // tiles
     assert nx == tiles * patch + 2 * (tiles - 1), (nx, tiles)
     assert slicer.mrmlScene.GetFirstNodeByName("JCSAugment gallery foreground patch labels")
+    # every row: the picture only (its volumes would be large), and the panel says why
+    ui.galleryGroupComboBox.setCurrentIndex(0)
+    tier.click(ui.showGalleryButton)
+    _wait(tier, w, lambda: w.panel._gallery is None, 120, "the whole policy gallery")
+    assert not ui.galleryLabel.pixmap().isNull(), ui.galleryStatusLabel.text()
+    assert not ui.showGalleryInSlicesButton.isEnabled()
+    assert "Choose one group" in ui.galleryStatusLabel.text(), ui.galleryStatusLabel.text()
+    ui.galleryGroupComboBox.setCurrentIndex(ui.galleryGroupComboBox.findData("gamma"))
+    tier.click(ui.showGalleryButton)  # back to the gamma row for the picture below
+    _wait(tier, w, lambda: w.panel._gallery is None, 120, "the gamma row again")
     tier.screenshot(ui.policiesCollapsibleButton, "panel_widget_policies")
     draws, unchanged = [], []
     for _ in range(5):
