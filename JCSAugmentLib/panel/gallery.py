@@ -74,26 +74,10 @@ def gallery_cases(run_dir: str) -> List[GalleryCase]:
     """The run's labelled cases, training cases first, then validation, then test (a gallery
     needs a label: its foreground centre and outline). Raises ValueError with a sentence when
     the run's job cannot be read."""
-    from ..data.dataset import dataset_from_list, discover_dataset
-    from ..data.splits import load_splits, make_splits
+    from ..data.job_data import dataset_and_splits
     from ..run.folder import RunFolder
-    from ..run.job import resolve_path
     folder = RunFolder(run_dir)
-    job = folder.job()
-    d = job.data
-    if d.dataset is not None:
-        dataset = discover_dataset(resolve_path(folder.path, d.dataset))
-    else:
-        dataset = dataset_from_list([
-            {"id": c.id, "images": [resolve_path(folder.path, p) for p in c.images],
-             "label": resolve_path(folder.path, c.label) if c.label else None}
-            for c in d.cases or ()])
-    ids = dataset.case_ids()
-    if d.splits is not None:
-        splits = load_splits(d.splits, ids)
-    else:
-        fr = d.split_fractions
-        splits = make_splits(ids, d.split_seed, (fr["train"], fr["validation"], fr["test"]))
+    dataset, splits = dataset_and_splits(folder.job(), folder.path)
     order = {"train": 0, "validation": 1, "test": 2}
     split_of = {case_id: name for name, members in splits.items() for case_id in members}
     out = []

@@ -38,8 +38,8 @@ from ..augment import augment_patches, sample_tra_params
 from ..augment.stats import CaseStats
 from ..augment.tea import tea_invert, tea_transform
 from ..augment.tra import identity_params
-from ..data import (PatchSampler, PreprocessSettings, dataset_from_list, discover_dataset,
-                    load_splits, make_splits, preprocess_dataset)
+from ..data import PatchSampler, PreprocessSettings, preprocess_dataset
+from ..data.job_data import dataset_and_splits
 from ..data.preprocess import cached_ct_statistics
 from ..meta import meta_gradient
 from ..meta.tea_step import (draw_seed, evaluable_tea_ops, group_by_shape, noise_generator,
@@ -56,29 +56,6 @@ from .distributed import DistContext, rank_device
 from .modes import mode_spec
 
 CHECKPOINT_KIND = "jcsaugment-trainer"
-
-
-def dataset_and_splits(job: Job, base_dir: str):
-    """The job's dataset (a folder, or the listed cases with paths relative to ``base_dir``)
-    and its train / validation / test split (given, or drawn from the split seed)."""
-    def resolve(p):
-        return None if p is None else resolve_path(base_dir, p)
-
-    d = job.data
-    if d.dataset is not None:
-        dataset = discover_dataset(resolve(d.dataset))
-    else:
-        entries = [{"id": c.id, "images": [resolve(p) for p in c.images],
-                    "label": resolve(c.label), "roi": resolve(c.roi) if c.roi else None}
-                   for c in d.cases]
-        dataset = dataset_from_list(entries)
-    ids = dataset.case_ids()
-    if d.splits is not None:
-        splits = load_splits(d.splits, ids)
-    else:
-        fr = d.split_fractions
-        splits = make_splits(ids, d.split_seed, (fr["train"], fr["validation"], fr["test"]))
-    return dataset, splits
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -572,21 +572,27 @@ def test_self_test_skips_what_needs_torch(tier, monkeypatch):
     assert "torch" in tester.skipped[0]
 
 
+def _compare_panel(tier, prefix, seed, out, iterations):
+    """A new panel with three cases of its own (train, validation, test) and tiny settings:
+    (widget, [(image, label)])."""
+    w = tier.make_widget()
+    tier.click(w.ui.clearCasesButton)
+    p = w.panel._parameterNode
+    cases = [_add_case(tier, f"{prefix}{i}", seed + i) for i in range(3)]
+    for (image, label), split in zip(cases, ("train", "validation", "test")):
+        w.logic.addCase(p, image, label, split=split)
+    tier.process()
+    _settings(tier, w, tier.tmp / out, iterations=iterations)
+    _tiny_runs(w)
+    return w, cases
+
+
 def test_compare_with_the_heuristic(tier):
     """Compare with the heuristic: one Start trains both halves in one worker (the panel
     follows each half), both segment the test case, and the Results section shows the
     comparison's table, its verdict, and the label maps named by method."""
-    import slicer
-    w = tier.make_widget()
-    ui = w.ui
-    tier.click(ui.clearCasesButton)
-    p = w.panel._parameterNode
-    cases = [_add_case(tier, f"cmp{i}", 20 + i) for i in range(3)]
-    for (image, label), split in zip(cases, ("train", "validation", "test")):
-        w.logic.addCase(p, image, label, split=split)
-    tier.process()
-    _settings(tier, w, tier.tmp / "compare-runs", iterations=4)
-    _tiny_runs(w)
+    w, cases = _compare_panel(tier, "cmp", 20, "compare-runs", iterations=4)
+    ui, p = w.ui, w.panel._parameterNode
     ui.modeComboBox.setCurrentIndex(ui.modeComboBox.findData("heuristic", qt_tooltip_role()))
     ui.compareCheckBox.setChecked(True)
     assert p.compareHeuristic and p.mode == "heuristic"
@@ -643,16 +649,8 @@ def test_compare_with_the_heuristic(tier):
 def test_compare_stopped_resumes_to_the_table(tier):
     """Stop during a comparison: the worker stops with a half left to train, Resume is
     offered and continues the comparison to its table."""
-    w = tier.make_widget()
+    w, _cases = _compare_panel(tier, "cmq", 30, "compare-stop-runs", iterations=40)
     ui = w.ui
-    tier.click(ui.clearCasesButton)
-    p = w.panel._parameterNode
-    cases = [_add_case(tier, f"cmq{i}", 30 + i) for i in range(3)]
-    for (image, label), split in zip(cases, ("train", "validation", "test")):
-        w.logic.addCase(p, image, label, split=split)
-    tier.process()
-    _settings(tier, w, tier.tmp / "compare-stop-runs", iterations=40)
-    _tiny_runs(w)
     ui.modeComboBox.setCurrentIndex(ui.modeComboBox.findData("joint", qt_tooltip_role()))
     ui.compareCheckBox.setChecked(True)
     tier.click(ui.startButton)
