@@ -124,18 +124,34 @@ def default_batch_windows(device, images_per_window: int,
 
 class ChannelsLastInstanceNorm3d(torch.nn.InstanceNorm3d):
     """``InstanceNorm3d`` (affine, no running statistics) that keeps its input's memory
-    layout: torch's own instance norm reshapes a channels-last input into a contiguous copy
-    and returns a contiguous result, which the next channels-last convolution copies back
-    (measured at z = 1 on a 2-core VM, 64^3 windows: the copies took 19% of a U-Net call).
-    The same parameters and ``state_dict``; in train mode, or for inputs it does not cover, it
-    is torch's. Results within ~1e-6 of torch's (one-pass variance, the same eps)."""
+    layout and computes its statistics the fast way round for that layout.
+
+    Why: torch's own instance norm reshapes a channels-last input into a contiguous copy and
+    returns a contiguous result, which the next channels-last convolution copies back
+    (measured at z = 1 on a 2-core VM, 64^3 windows: the copies took 19% of a U-Net call);
+    and ``torch.var_mean`` over the three spatial dimensions of a channels-last tensor is
+    slow (28% of a U-Net call, 13 ms for a 2 x 10 x 64^3 batch). Here a channels-last batch
+    is read as (N, voxels, C), where a reduction over the voxels runs along memory: the mean,
+    then the deviations written straight into the output, their mean square (the same
+    two-pass variance as torch's, not the cancellation-prone E[x^2] - E[x]^2), and the
+    scale and shift applied to the output in place (6.5 ms for that batch, 2026-12-01).
+    The same parameters and ``state_dict``; in train mode, or for inputs it does not cover
+    (another layout, not 5-D), it is torch's. Results within ~1e-6 of torch's."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or self.track_running_stats or not self.affine or x.dim() != 5:
+        if (self.training or self.track_running_stats or not self.affine or x.dim() != 5
+                or not x.is_contiguous(memory_format=torch.channels_last_3d)):
             return super().forward(x)
-        var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, unbiased=False)
-        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1, 1)
-        return torch.addcmul(self.bias.view(1, -1, 1, 1, 1) - mean * scale, x, scale)
+        n, c = x.shape[:2]
+        voxels = x[0, 0].numel()
+        flat = x.permute(0, 2, 3, 4, 1).view(n, voxels, c)  # channels-last: no copy
+        out = torch.empty_like(x)  # channels-last too
+        out_flat = out.permute(0, 2, 3, 4, 1).view(n, voxels, c)
+        torch.sub(flat, flat.mean(1, keepdim=True), out=out_flat)
+        var = torch.linalg.vecdot(out_flat, out_flat, dim=1).div_(voxels)  # (N, C)
+        scale = (torch.rsqrt(var + self.eps) * self.weight).unsqueeze(1)
+        torch.addcmul(self.bias.view(1, 1, c), out_flat, scale, out=out_flat)
+        return out
 
 
 def prepare_for_inference(model: torch.nn.Module, device) -> torch.nn.Module:

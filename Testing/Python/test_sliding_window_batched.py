@@ -137,6 +137,37 @@ def test_prepare_for_inference_keeps_the_logits_and_the_parameters():
         y, weight=norms[0].weight, bias=norms[0].bias, eps=norms[0].eps), atol=1e-5)
 
 
+@pytest.mark.parametrize("shape, mean, std", [((2, 10, 16, 20, 24), 3.0, 2.0),
+                                              ((1, 4, 8, 8, 8), 0.0, 1.0),
+                                              ((3, 32, 4, 4, 4), -1.0, 0.5),
+                                              ((2, 6, 12, 12, 12), 40.0, 0.05)])
+def test_the_channels_last_norm_matches_torchs_instance_norm(shape, mean, std):
+    """Its two-pass statistics over the (N, voxels, C) view give torch's numbers, in the
+    channels-last layout, also where the mean dwarfs the spread (a one-pass E[x^2] - E[x]^2
+    would lose the variance there); another layout goes through torch's own."""
+    from JCSAugmentLib.infer.sliding_window import ChannelsLastInstanceNorm3d
+    g = torch.Generator().manual_seed(1)
+    c = shape[1]
+    norm = ChannelsLastInstanceNorm3d(c, affine=True).eval()
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        norm.bias.copy_(torch.randn(c, generator=g))
+    x = (torch.randn(shape, generator=g) * std + mean).contiguous(
+        memory_format=torch.channels_last_3d)
+    reference = torch.nn.functional.instance_norm(
+        x.double(), weight=norm.weight.double(), bias=norm.bias.double(), eps=norm.eps)
+    with torch.no_grad():
+        y = norm(x)
+        plain = norm(x.contiguous())  # not channels-last: torch's path
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    tolerance = 1e-5 if mean < 10 else 1e-3  # float32 near a large mean, as torch's own
+    torch_error = (plain.double() - reference).abs().max().item()
+    assert (y.double() - reference).abs().max().item() <= max(tolerance, 2 * torch_error)
+    assert torch.allclose(plain, torch.nn.functional.instance_norm(
+        x.contiguous(), weight=norm.weight, bias=norm.bias, eps=norm.eps))
+    assert not torch.allclose(y, x, atol=1e-2)  # it did normalise
+
+
 def test_one_op_without_padding_takes_the_fast_path_with_the_same_result():
     # z = 1 with the identity: the logits themselves, as the general weighted average (two
     # identical identity ops, half weight each) gives them
