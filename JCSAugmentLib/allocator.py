@@ -1,4 +1,6 @@
-"""Memory-allocator settings for a process that runs the engine (the worker, predict, benchmarks).
+"""Memory-allocator settings for a process that runs inference on a CPU (predict, the worker's
+prediction phase, ``bench infer``): :func:`~.infer.sliding_window.prepare_for_inference` applies
+them.
 
 Why: torch's CPU tensors come from the C library's ``malloc``. glibc serves a large request
 (over 128 KB at first, its "mmap threshold") with a fresh ``mmap`` and hands it back to the
@@ -19,8 +21,11 @@ What is set (Linux with glibc only; elsewhere nothing):
   1 GB of it is free.
 
 The cost: the process's resident memory stays near its peak instead of shrinking between
-calls (the memory is reused, not leaked). It is never applied to Slicer's own process, only
-to engine processes. ``JCSAUGMENT_KEEP_FREED_MEMORY=0`` turns it off.
+calls (the memory is reused, not leaked). Slicer's own process never runs inference, so it
+never gets it. Training is left alone: ``bench meta`` showed no change beyond the noise, and
+``bench augment`` beside a CPU-bound process was, if anything, a little slower with it (4
+interleaved pairs, 2026-12-01: a median 2.57x against 3.56x batchgeneratorsv2, the runs
+spanning 2.4-4.1x). ``JCSAUGMENT_KEEP_FREED_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations

@@ -20,9 +20,6 @@ What is set:
 * ``torch.set_num_threads``: the number in ``JCSAUGMENT_NUM_THREADS`` when set (e.g. ``1`` on
   a machine that is always busy), else torch's own default (one per core); it can be changed
   at any time, unlike the wait policy.
-* the C library's allocator keeps freed memory for reuse (:mod:`.allocator`: fewer page
-  faults per network call; ``JCSAUGMENT_KEEP_FREED_MEMORY=0`` turns it off): every engine
-  process calls this function first, and Slicer's own process never does.
 """
 
 from __future__ import annotations
@@ -50,8 +47,6 @@ class ThreadPolicy:
     wait_policy_effective: bool
     #: torch's intra-op thread count afterwards (None: torch not imported, nothing set)
     num_threads: Optional[int]
-    #: whether the allocator keeps freed memory for reuse (:mod:`.allocator`)
-    keeps_freed_memory: bool = False
 
 
 def thread_environment(base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
@@ -99,6 +94,4 @@ def apply_thread_policy(num_threads: Optional[int] = None,
         torch.set_num_threads(int(n))
     if "torch" in sys.modules:
         threads = sys.modules["torch"].get_num_threads()
-    from .allocator import apply_allocator_policy
-    allocator = apply_allocator_policy(env)
-    return ThreadPolicy(env["OMP_WAIT_POLICY"], effective, threads, allocator.keeps_freed_memory)
+    return ThreadPolicy(env["OMP_WAIT_POLICY"], effective, threads)

@@ -163,9 +163,13 @@ def prepare_for_inference(model: torch.nn.Module, device) -> torch.nn.Module:
     norms as :class:`ChannelsLastInstanceNorm3d`, which keep that layout, and the U-Net's
     conv-norm-activation blocks with their LeakyReLU in place (its input is the norm's
     output, used nowhere else: one 20 MB temporary less per block and window; ~5% at z = 1).
-    On a GPU unchanged."""
+    On a CPU it also makes this process keep freed memory for reuse
+    (:func:`..allocator.apply_allocator_policy`: one U-Net call 1.28x faster; inference
+    processes only, never Slicer's). On a GPU unchanged."""
     if torch.device(device).type == "cpu":
+        from ..allocator import apply_allocator_policy
         from ..nets.unet3d import _ConvNormAct  # forward: act(norm(conv(x)))
+        apply_allocator_policy()
         model.to(memory_format=torch.channels_last_3d)
         for m in model.modules():
             if type(m) is torch.nn.InstanceNorm3d and m.affine and not m.track_running_stats:

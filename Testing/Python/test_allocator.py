@@ -1,4 +1,4 @@
-"""The allocator policy of engine processes (JCSAugmentLib/allocator.py): applied on Linux,
+"""The allocator policy of CPU inference processes (JCSAugmentLib/allocator.py): applied on Linux,
 off by the variable, once per process, and it removes the page faults it is there for."""
 
 import json
@@ -32,16 +32,20 @@ def test_off_linux_nothing_is_set(fresh, monkeypatch):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
-def test_on_linux_it_is_applied_by_the_thread_policy(fresh):
-    from JCSAugmentLib.threads import apply_thread_policy
-    assert apply_thread_policy(environ={}).keeps_freed_memory
+def test_on_linux_preparing_a_network_for_cpu_inference_applies_it(fresh):
+    from JCSAugmentLib.infer.sliding_window import prepare_for_inference
+    from JCSAugmentLib.nets.factory import build_network
+    model, _ = build_network("unet3d", 1, 2, (16, 16, 16), base=4)
+    prepare_for_inference(model.eval(), "cpu")
+    assert fresh._applied is not None and fresh._applied.keeps_freed_memory
 
 
 _FORWARDS = r"""
 import json, resource
 from JCSAugmentLib.threads import apply_thread_policy
-policy = apply_thread_policy()
+apply_thread_policy()
 import torch
+from JCSAugmentLib import allocator
 from JCSAugmentLib.infer.sliding_window import prepare_for_inference
 from JCSAugmentLib.nets.factory import build_network
 model, _ = build_network("unet3d", 1, 3, (48, 48, 48), base=8)
@@ -53,7 +57,7 @@ with torch.inference_mode():
     for _ in range(3):
         model(x)
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({"keeps": policy.keeps_freed_memory, "faults": faults}))
+print(json.dumps({"keeps": allocator._applied.keeps_freed_memory, "faults": faults}))
 """
 
 
