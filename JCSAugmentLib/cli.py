@@ -607,6 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
                                   "tea_copies"))
     s.add_argument("--policy-every", type=int, metavar="N",
                    help=_job_help("training steps between policy updates", "policy_every"))
+    s.add_argument("--explore", type=float, metavar="SHARE",
+                   help=_job_help("exploration floor, not the paper's (0 = off): this share of "
+                                  "the TRA and TEA draws that learn a policy is drawn uniformly, "
+                                  "so rare ops are tried within a short budget; the policies "
+                                  "themselves are unchanged", "explore"))
     s.add_argument("--meta-grad", choices=META_GRADS,
                    help=_job_help("how the policy gradient goes through the network's step",
                                   "meta_grad"))
@@ -631,7 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tea-lr", type=float, metavar="RATE",
                    help=_job_help("the TEA policy's Adam learning rate", "tea_lr"))
     s.add_argument("--pretrained", metavar="CHECKPOINT",
-                   help=_job_help("checkpoint of a trained model, for mode tea-only",
+                   help=_job_help("checkpoint of a trained model: the frozen model of mode "
+                                  "tea-only; in any other mode the network's starting weights "
+                                  "(fine-tuning; the policies start afresh)",
                                   "pretrained"))
     s.add_argument("--device", help=_job_help("auto, cpu, cuda or cuda:N", "device"))
     s.add_argument("--seed", type=int, help=_job_help("random seed", "seed"))

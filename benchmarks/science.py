@@ -17,6 +17,10 @@ joint                                 joint                none
 joint + learned TEA                   joint                learned (top z)
 ====================================  ===================  ===========================
 
+With ``--explore E`` two rows more, from a joint run with the exploration floor E
+(``training.explore``, off by default in the product): ``joint, explore E`` and ``joint +
+learned TEA, explore E``, each paired with its run without the floor.
+
 Per seed every method sees the same seed (same initial network, same case draws where the
 modes share them). The report gives, for each method against ``heuristic`` and for the headline
 pair (joint + learned TEA against heuristic + heuristic TEA), the mean paired foreground-DSC
@@ -59,6 +63,8 @@ METHODS = (("heuristic", "heuristic", "none"),
            ("class-specific", "class-specific", "none"),
            ("joint", "joint", "none"),
            ("joint + learned TEA", "joint", "learned"))
+#: with ``--explore E``: the joint run again with the exploration floor (training.explore)
+EXPLORE_RUN = "joint-explore"
 BASELINE = "heuristic"
 HEADLINE = ("heuristic + heuristic TEA", "joint + learned TEA")
 MIN_ITERATIONS = 20
@@ -75,13 +81,15 @@ class BudgetError(SystemExit):
 
 
 # -- data ----------------------------------------------------------------------------------------
-def synthetic_data(out: str):
-    """The demo's two-site dataset; returns (job data, test images, reference folder, regions)."""
+def synthetic_data(out: str, **dataset):
+    """The demo's two-site dataset; returns (job data, test images, reference folder, regions).
+    ``dataset``: arguments of ``make_synthetic_dataset`` (size, case counts) other than its
+    defaults (the tests make a smaller one)."""
     from JCSAugmentLib.synth import make_synthetic_dataset
     root = os.path.join(out, "dataset")
     if os.path.exists(root):
         shutil.rmtree(root)
-    made = make_synthetic_dataset(root, seed=0)
+    made = make_synthetic_dataset(root, seed=0, **dataset)
     splits = made["splits"]
     refs = os.path.join(out, "reference")
     os.makedirs(refs, exist_ok=True)
@@ -103,7 +111,18 @@ def brats_data(src: str, out: str):
 
 
 # -- runs ----------------------------------------------------------------------------------------
-def job(data: Dict, mode: str, seed: int, a) -> Dict:
+def methods(a) -> List[tuple]:
+    """(row name, run, TEA at inference) of this benchmark; a run is a training mode, or
+    :data:`EXPLORE_RUN`."""
+    rows = list(METHODS)
+    if a.explore:
+        rows += [(f"joint, explore {a.explore:g}", EXPLORE_RUN, "none"),
+                 (f"joint + learned TEA, explore {a.explore:g}", EXPLORE_RUN, "learned")]
+    return rows
+
+
+def job(data: Dict, run_name: str, seed: int, a) -> Dict:
+    mode = "joint" if run_name == EXPLORE_RUN else run_name
     training = {"mode": mode, "epochs": 1, "iterations_per_epoch": a.iterations,
                 "batch_size": a.batch, "val_batch_size": a.batch, "validate_every": 0,
                 "preview_every": 0, "checkpoint_every": a.iterations,
@@ -113,6 +132,8 @@ def job(data: Dict, mode: str, seed: int, a) -> Dict:
         training["policy_lr"] = a.policy_lr
     if a.tea_lr is not None:
         training["tea_lr"] = a.tea_lr
+    if run_name == EXPLORE_RUN:
+        training["explore"] = a.explore
     return {"schema": 1, "data": data,
             "model": {"backbone": "unet3d", "patch_size": [a.patch] * 3,
                       "base_features": a.base},
@@ -152,7 +173,8 @@ def one_seed(seed: int, data: Dict, images, refs, regions, out: str, a, log) -> 
     """Train the three modes and segment with the five methods; failures are recorded."""
     row: Dict = {"seed": seed, "dsc": {}, "errors": {}, "policy": {}, "seconds": {}}
     runs: Dict[str, RunFolder] = {}
-    for mode in sorted({m for _n, m, _t in METHODS}, key=[m for _n, m, _t in METHODS].index):
+    table = methods(a)
+    for mode in sorted({m for _n, m, _t in table}, key=[m for _n, m, _t in table].index):
         path = os.path.join(out, "runs", f"{mode}_seed{seed}")
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path)
@@ -165,14 +187,15 @@ def one_seed(seed: int, data: Dict, images, refs, regions, out: str, a, log) -> 
                 raise RuntimeError(f"the worker exited {rc}; see {run.events_path}")
             runs[mode] = run
             if mode != "heuristic":
-                row["policy"][mode] = policy_direction(run, learns_tea=mode == "joint")
+                row["policy"][mode] = policy_direction(run, learns_tea=mode in ("joint",
+                                                                                EXPLORE_RUN))
         except Exception as e:  # one failed run must not end the benchmark
             row["errors"][mode] = f"{type(e).__name__}: {e}"
             log(f"  seed {seed} {mode}: FAILED ({e})")
             traceback.print_exc()
         row["seconds"][mode] = time.time() - t0
         log(f"  seed {seed} {mode}: trained in {row['seconds'][mode]:.0f} s")
-    for name, mode, tea in METHODS:
+    for name, mode, tea in table:
         if mode not in runs:
             row["dsc"][name] = None
             continue
@@ -191,13 +214,18 @@ def one_seed(seed: int, data: Dict, images, refs, regions, out: str, a, log) -> 
 
 
 # -- report --------------------------------------------------------------------------------------
-def summarise(rows: List[Dict]) -> Dict:
-    names = [n for n, _m, _t in METHODS]
+def summarise(rows: List[Dict], table: Optional[List[tuple]] = None) -> Dict:
+    table = list(METHODS) if table is None else table
+    names = [n for n, _m, _t in table]
     col = {n: [r["dsc"].get(n) for r in rows] for n in names}
     diffs = {f"{n} - {BASELINE}": paired_difference(col[BASELINE], col[n])
              for n in names if n != BASELINE}
     a, b = HEADLINE
     diffs[f"{b} - {a}"] = paired_difference(col[a], col[b])
+    for name, run, tea in table:  # each floored row against the same row without the floor
+        if run == EXPLORE_RUN:
+            without = "joint + learned TEA" if tea == "learned" else "joint"
+            diffs[f"{name} - {without}"] = paired_difference(col[without], col[name])
     moved: Dict[str, List[bool]] = {}
     for r in rows:
         for mode, probs in r["policy"].items():
@@ -229,7 +257,8 @@ def report(args, rows: List[Dict], summary: Dict, seconds: float) -> str:
              f"torch threads, GPU {m['gpu'] or 'none'}, device {args.device}; torch {m['torch']}."
              f" {len(rows)} seeds; 3D U-Net base {args.base}, {args.patch}^3 patches, batch "
              f"{args.batch}, {args.iterations} iterations per run ({args.optimizer} lr "
-             f"{args.lr}, policy_every {args.policy_every}, tea_copies {args.tea_copies}); "
+             f"{args.lr}, policy_every {args.policy_every}, tea_copies {args.tea_copies}"
+             f"{f', explore {args.explore:g} in the explore rows' if args.explore else ''}); "
              f"whole benchmark {seconds / 60:.1f} min.", "",
              "Absolute DSC differs between CPUs; read the paired intervals.", "",
              "## Foreground DSC per seed (mean over the test cases)", "",
@@ -282,8 +311,13 @@ def parse(argv=None):
                    help="policy update every k iterations (default: %(default)s)")
     p.add_argument("--tea-copies", type=int, default=6,
                    help="TEA copies per validation patch (default: %(default)s)")
+    p.add_argument("--explore", type=float, default=0.0, metavar="SHARE",
+                   help="also train joint with this exploration floor (training.explore) and "
+                        "report its rows (default: 0, off)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
     a = p.parse_args(argv)
+    if not 0 <= a.explore < 1:
+        raise BudgetError(f"--explore must be a share in [0, 1), got {a.explore}")
     if a.seeds < 1:
         raise BudgetError("--seeds must be at least 1 (and 5 or more to tell a gain from noise)")
     if a.iterations < max(MIN_ITERATIONS, 2 * a.policy_every):
@@ -311,7 +345,7 @@ def main(argv=None) -> int:
         log(f"seed {seed}")
         rows.append(one_seed(seed, data, images, refs, regions, out, a, log))
         # written after every seed: an interrupted benchmark keeps what it measured
-        summary = summarise(rows)
+        summary = summarise(rows, methods(a))
         text = report(a, rows, summary, time.time() - t0)
         with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
             f.write(text)

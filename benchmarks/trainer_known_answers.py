@@ -21,11 +21,17 @@ Two probes (``--probe tra`` / ``--probe tea``); each compares paired runs: the s
 the same cases, patches and policy noise for the shifted and the control run, so their
 difference is the validation site's effect.
 
-* ``tra``: mode ``learned`` from scratch; the criterion reads P(mirror axis 0).
-* ``tea``: a model is first trained on site A through ``Trainer`` (mode ``none``: no mirrored
-  patch may teach it the wrong cap side), saved as the worker saves it
-  (``RunFolder.save_checkpoint``), then mode ``tea-only`` loads it as ``training.pretrained``
-  and learns the TEA policy on a validation site that is site A mirrored along axis 0 (shifted)
+Both start from a model first trained on site A through ``Trainer`` (mode ``none``: no
+mirrored patch may teach it the wrong cap side), saved as the worker saves it
+(``RunFolder.save_checkpoint``) and loaded by the probe's run as ``training.pretrained``.
+
+* ``tra``: mode ``learned`` fine-tunes the site-A model (``--start scratch``: a fresh network,
+  as the first version of this probe) and learns the TRA policy on a validation site that is
+  site A mirrored along axis 0 (shifted) or site A itself (control); the criterion reads
+  P(mirror axis 0). Against a trained model a mirrored patch's gradient clearly agrees
+  (shifted) or disagrees (control) with the validation gradient; from scratch that signal
+  drowns in the noise of a model that is still learning.
+* ``tea``: mode ``tea-only`` keeps the site-A model frozen and learns the TEA policy on a validation site that is site A mirrored along axis 0 (shifted)
   or site A itself (control). Site A is symmetric in distribution along axes 1 and 2, so four
   TEA ops undo the shift equally well: ``flip_axis0`` and the three ops that flip axis 0 with
   other axes (``rot90_axis1_180``, ``rot90_axis2_180``, ``flip_all``). The probe reports both
@@ -33,7 +39,8 @@ difference is the validation site's effect.
 
 Usage::
 
-    python benchmarks/trainer_known_answers.py --seeds 5 --iterations 200 --policy-lr 0.02 --out tra.json
+    python benchmarks/trainer_known_answers.py --probe both --seeds 5 --out both.json
+    python benchmarks/trainer_known_answers.py --start scratch --seeds 5 --iterations 200 --out tra.json
     python benchmarks/trainer_known_answers.py --probe tea --seeds 5 --out tea.json
 """
 
@@ -134,8 +141,13 @@ def write_sites(folder: str, seed: int, size: int, n_train: int, n_val: int,
 # -- runs ----------------------------------------------------------------------------------------
 @dataclass
 class ProbeSettings:
-    iterations: int = 200
-    policy_lr: float = 0.02  # 40x the U-Net default (5e-4): 200 steps must be able to move it
+    # "site-a": the network starts from the site-A model (trained through Trainer.step in mode
+    # "none", as the TEA probe's; given as training.pretrained) and fine-tunes while the policy
+    # learns; "scratch": a fresh network (the policy's signal is then buried in the noise of a
+    # model that is still learning: about 6 seeds of 10 pass, README)
+    start: str = "site-a"
+    iterations: int = 50  # scratch runs were measured at 100-400
+    policy_lr: float = 0.02  # 40x the U-Net default (5e-4): 50 steps must be able to move it
     lr: float = 0.01  # the product's default learning rate
     # the product's default (the paper's SGD); "adam", its short-budget choice, was measured
     # too and passes no more often (README)
@@ -151,11 +163,12 @@ class ProbeSettings:
     objects: int = 14  # balls per case, half lesions, half decoys
 
 
-def tra_job(data: Dict, s: ProbeSettings, seed: int) -> Job:
+def tra_job(data: Dict, s: ProbeSettings, seed: int, pretrained: Optional[str] = None) -> Job:
     # one epoch of ``iterations``: the poly schedule stays at factor 1 for the whole probe
     training = {"mode": s.mode, "epochs": 1, "iterations_per_epoch": s.iterations,
                 "batch_size": s.batch_size, "val_batch_size": s.val_batch_size,
-                "policy_lr": s.policy_lr, "lr": s.lr, "optimizer": s.optimizer}
+                "policy_lr": s.policy_lr, "lr": s.lr, "optimizer": s.optimizer,
+                "pretrained": pretrained}
     return Job.from_dict({"schema": 1, "data": data,
                           "model": {"backbone": "unet3d", "patch_size": [s.patch] * 3,
                                     "base_features": s.base_features},
@@ -175,21 +188,32 @@ def reported_probability(mirrors: Dict[str, List[float]]) -> float:
     return mirrors[name][0]
 
 
-def run_tra(seed: int, validation_mirrored: bool, s: ProbeSettings) -> Dict:
+def run_tra(seed: int, validation_mirrored: bool, s: ProbeSettings,
+            site: Optional[Dict] = None) -> Dict:
+    """One learned-mode run; ``site``: {"folder", "data", "pretrained"} of a site-A start
+    (:func:`site_a_known_answers`), else a scratch run on cases of its own."""
+    if site is not None:
+        return _run_tra(site["folder"], site["data"], s, seed, site["pretrained"])
     with tempfile.TemporaryDirectory(prefix="jcs_known_answer_") as folder:
         data = write_sites(folder, seed, s.case_size, s.n_train, s.n_val, validation_mirrored,
                            s.objects)
-        trainer = Trainer(tra_job(data, s, seed), folder)
-        start = mirror_probabilities(trainer)
-        t0 = time.perf_counter()
-        val_losses = []
-        for _ in range(s.iterations):
-            res = trainer.step()
-            if "val" in res.losses:
-                val_losses.append(float(res.losses["val"]))
-        seconds = time.perf_counter() - t0
-        end = mirror_probabilities(trainer)
-        dice = trainer.validate()["dice_foreground"]  # the final model, on the run's validation
+        return _run_tra(folder, data, s, seed, None)
+
+
+def _run_tra(folder: str, data: Dict, s: ProbeSettings, seed: int,
+             pretrained: Optional[str]) -> Dict:
+    trainer = Trainer(tra_job(data, s, seed, pretrained), folder,
+                      cache_dir=os.path.join(folder, "cache"))
+    start = mirror_probabilities(trainer)
+    t0 = time.perf_counter()
+    val_losses = []
+    for _ in range(s.iterations):
+        res = trainer.step()
+        if "val" in res.losses:
+            val_losses.append(float(res.losses["val"]))
+    seconds = time.perf_counter() - t0
+    end = mirror_probabilities(trainer)
+    dice = trainer.validate()["dice_foreground"]  # the final model, on the run's validation
     k = max(1, len(val_losses) // 5)
     return {"initial": reported_probability(start), "final": reported_probability(end),
             "dice_final": dice,
@@ -200,24 +224,36 @@ def run_tra(seed: int, validation_mirrored: bool, s: ProbeSettings) -> Dict:
 
 def tra_known_answer(seeds: List[int], s: ProbeSettings, log=print) -> Dict:
     """Shifted and control runs per seed; a seed passes when the shifted run's P(mirror axis 0)
-    ends above its initial value and above the control run's final value."""
+    ends above its initial value and above the control run's final value. A site-A start
+    (``s.start``) goes through :func:`site_a_known_answers` (the TRA half only)."""
+    if s.start == "site-a":
+        return site_a_known_answers(seeds, s, TEAProbeSettings(), log=log, tea=False)["tra"]
+    if s.start != "scratch":
+        raise ValueError(f"start must be 'site-a' or 'scratch', got {s.start!r}")
     rows = []
     for seed in seeds:
         shifted = run_tra(seed, True, s)
         control = run_tra(seed, False, s)
-        passed = (shifted["final"] > shifted["initial"]
-                  and shifted["final"] > control["final"])
-        row = {"seed": seed, "initial": shifted["initial"], "final_shifted": shifted["final"],
-               "final_control": control["final"], "passed": passed,
-               "seconds": shifted["seconds"] + control["seconds"],
-               "shifted": shifted, "control": control}
-        rows.append(row)
-        log(f"seed {seed}: initial {row['initial']:.4f}  shifted {row['final_shifted']:.4f}  "
-            f"control {row['final_control']:.4f}  {'pass' if passed else 'FAIL'}  "
-            f"({row['seconds']:.1f} s; mirrors shifted {fmt(shifted['mirrors_final'])}, "
-            f"control {fmt(control['mirrors_final'])})")
-    passes = sum(r["passed"] for r in rows)
-    return {"settings": asdict(s), "rows": rows, "passes": passes, "seeds": len(rows)}
+        rows.append(_tra_row(seed, shifted, control, log))
+    return _tra_result(rows, s)
+
+
+def _tra_row(seed: int, shifted: Dict, control: Dict, log) -> Dict:
+    passed = shifted["final"] > shifted["initial"] and shifted["final"] > control["final"]
+    row = {"seed": seed, "initial": shifted["initial"], "final_shifted": shifted["final"],
+           "final_control": control["final"], "passed": passed,
+           "seconds": shifted["seconds"] + control["seconds"],
+           "shifted": shifted, "control": control}
+    log(f"seed {seed}: TRA initial {row['initial']:.4f}  shifted {row['final_shifted']:.4f}  "
+        f"control {row['final_control']:.4f}  {'pass' if passed else 'FAIL'}  "
+        f"({row['seconds']:.1f} s; mirrors shifted {fmt(shifted['mirrors_final'])}, "
+        f"control {fmt(control['mirrors_final'])})")
+    return row
+
+
+def _tra_result(rows: List[Dict], s: ProbeSettings) -> Dict:
+    return {"settings": asdict(s), "rows": rows, "passes": sum(r["passed"] for r in rows),
+            "seeds": len(rows)}
 
 
 # -- the TEA probe -------------------------------------------------------------------------------
@@ -315,39 +351,72 @@ def run_tea(folder: str, data: Dict, pretrained: str, s: TEAProbeSettings, seed:
 
 
 def tea_known_answer(seeds: List[int], s: TEAProbeSettings, log=print) -> Dict:
-    """Per seed: pretrain on site A, then tea-only on the shifted and on the control site.
+    """Per seed: pretrain on site A, then tea-only on the shifted and on the control site
+    (:func:`site_a_known_answers`, the TEA half only)."""
+    return site_a_known_answers(seeds, None, s, log=log, tra=False)["tea"]
 
-    ``passed_undo``: the shifted run's most probable op flips axis 0, the control's does not,
-    and the shifted run's probability mass on the ops that flip axis 0 ends above its initial
-    value and above the control's. ``passed_strict``: the shifted run's most probable op is
-    ``flip_axis0`` itself and the control's does not flip axis 0."""
-    rows = []
+
+def site_a_known_answers(seeds: List[int], tra_settings: Optional[ProbeSettings],
+                         s: TEAProbeSettings, log=print, tra: bool = True,
+                         tea: bool = True) -> Dict:
+    """Per seed one site-A model (trained through ``Trainer.step`` in mode ``none``, saved as
+    the worker saves it), then from it, each as ``training.pretrained``:
+
+    * with ``tra``: mode ``learned`` fine-tuning it on the shifted and on the control site
+      (``tra_settings``); passes as :func:`tra_known_answer` says;
+    * with ``tea``: mode ``tea-only`` on both sites. ``passed_undo``: the shifted run's most
+      probable op flips axis 0, the control's does not, and the shifted run's probability mass
+      on the ops that flip axis 0 ends above its initial value and above the control's.
+      ``passed_strict``: the shifted run's most probable op is ``flip_axis0`` itself and the
+      control's does not flip axis 0.
+
+    Returns {"tra": ..., "tea": ...} (the halves asked for)."""
+    tra_rows, tea_rows = [], []
     for seed in seeds:
-        with tempfile.TemporaryDirectory(prefix="jcs_tea_known_answer_") as folder:
+        with tempfile.TemporaryDirectory(prefix="jcs_site_a_known_answer_") as folder:
             sites = write_tea_sites(folder, seed, s)
             pre = pretrain_site_a(folder, sites["site_a"], s, seed)
-            shifted = run_tea(folder, sites["shifted"], pre["pretrained"], s, seed)
-            control = run_tea(folder, sites["site_a"], pre["pretrained"], s, seed)
-        sf, cf = shifted["final"], control["final"]
-        row = {"seed": seed, "dice_site_a": pre["dice_site_a"],
-               "dice_shifted_frozen": shifted["dice_frozen"],
-               "shifted_top": sf["top"], "control_top": cf["top"],
-               "passed_strict": sf["top_is_flip_axis0"] and not cf["top_undoes_axis0"],
-               "passed_undo": (sf["top_undoes_axis0"] and not cf["top_undoes_axis0"]
-                               and sf["p_undo_axis0"] > shifted["initial"]["p_undo_axis0"]
-                               and sf["p_undo_axis0"] > cf["p_undo_axis0"]),
-               "seconds": pre["seconds"] + shifted["seconds"] + control["seconds"],
-               "pretrain": pre, "shifted": shifted, "control": control}
-        rows.append(row)
-        log(f"seed {seed}: Dice site A {pre['dice_site_a']:.3f}, frozen on shifted "
-            f"{shifted['dice_frozen']:.3f}; shifted top {sf['top']} (P flip0 "
-            f"{sf['p_flip_axis0']:.3f}, P undo {sf['p_undo_axis0']:.3f}); control top "
-            f"{cf['top']} (P flip0 {cf['p_flip_axis0']:.3f}, P undo {cf['p_undo_axis0']:.3f}); "
-            f"strict {'pass' if row['passed_strict'] else 'FAIL'}, undo "
-            f"{'pass' if row['passed_undo'] else 'FAIL'} ({row['seconds']:.1f} s)")
-    return {"settings": asdict(s), "rows": rows, "seeds": len(rows),
-            "passes_strict": sum(r["passed_strict"] for r in rows),
-            "passes_undo": sum(r["passed_undo"] for r in rows)}
+            if tra:
+                runs = {name: run_tra(seed, name == "shifted", tra_settings,
+                                      {"folder": folder, "data": sites[name],
+                                       "pretrained": pre["pretrained"]})
+                        for name in ("shifted", "site_a")}
+                row = _tra_row(seed, runs["shifted"], runs["site_a"], log)
+                row["dice_site_a"] = pre["dice_site_a"]
+                tra_rows.append(row)
+            if tea:
+                shifted = run_tea(folder, sites["shifted"], pre["pretrained"], s, seed)
+                control = run_tea(folder, sites["site_a"], pre["pretrained"], s, seed)
+                tea_rows.append(_tea_row(seed, pre, shifted, control, log))
+    out = {}
+    if tra:
+        out["tra"] = _tra_result(tra_rows, tra_settings)
+        out["tra"]["pretrain"] = asdict(s)
+    if tea:
+        out["tea"] = {"settings": asdict(s), "rows": tea_rows, "seeds": len(tea_rows),
+                      "passes_strict": sum(r["passed_strict"] for r in tea_rows),
+                      "passes_undo": sum(r["passed_undo"] for r in tea_rows)}
+    return out
+
+
+def _tea_row(seed: int, pre: Dict, shifted: Dict, control: Dict, log) -> Dict:
+    sf, cf = shifted["final"], control["final"]
+    row = {"seed": seed, "dice_site_a": pre["dice_site_a"],
+           "dice_shifted_frozen": shifted["dice_frozen"],
+           "shifted_top": sf["top"], "control_top": cf["top"],
+           "passed_strict": sf["top_is_flip_axis0"] and not cf["top_undoes_axis0"],
+           "passed_undo": (sf["top_undoes_axis0"] and not cf["top_undoes_axis0"]
+                           and sf["p_undo_axis0"] > shifted["initial"]["p_undo_axis0"]
+                           and sf["p_undo_axis0"] > cf["p_undo_axis0"]),
+           "seconds": pre["seconds"] + shifted["seconds"] + control["seconds"],
+           "pretrain": pre, "shifted": shifted, "control": control}
+    log(f"seed {seed}: Dice site A {pre['dice_site_a']:.3f}, frozen on shifted "
+        f"{shifted['dice_frozen']:.3f}; TEA shifted top {sf['top']} (P flip0 "
+        f"{sf['p_flip_axis0']:.3f}, P undo {sf['p_undo_axis0']:.3f}); control top "
+        f"{cf['top']} (P flip0 {cf['p_flip_axis0']:.3f}, P undo {cf['p_undo_axis0']:.3f}); "
+        f"strict {'pass' if row['passed_strict'] else 'FAIL'}, undo "
+        f"{'pass' if row['passed_undo'] else 'FAIL'} ({row['seconds']:.1f} s)")
+    return row
 
 
 def fmt(mirrors: Dict[str, List[float]]) -> str:
@@ -369,7 +438,8 @@ def machine() -> Dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--probe", default="tra", choices=["tra", "tea"])
+    ap.add_argument("--probe", default="tra", choices=["tra", "tea", "both"],
+                    help="both: one site-A model per seed serves the TRA and the TEA probe")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. N-1)")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--iterations", type=int, default=None,
@@ -381,6 +451,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--n-val", type=int, default=ProbeSettings.n_val,
                     help="validation cases")
     tra = ap.add_argument_group("tra probe")
+    tra.add_argument("--start", default=ProbeSettings.start, choices=["site-a", "scratch"],
+                     help="the network's start: the site-A model (fine-tuned) or fresh")
     tra.add_argument("--policy-lr", type=float, default=ProbeSettings.policy_lr)
     tra.add_argument("--lr", type=float, default=ProbeSettings.lr, help="model learning rate")
     tra.add_argument("--optimizer", default=ProbeSettings.optimizer, choices=["sgd", "adam"])
@@ -405,23 +477,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(a.threads)
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
     t0 = time.perf_counter()
-    if a.probe == "tra":
-        s = ProbeSettings(iterations=a.iterations or ProbeSettings.iterations,
-                          policy_lr=a.policy_lr, lr=a.lr, optimizer=a.optimizer, mode=a.mode,
-                          patch=a.patch, base_features=a.base, batch_size=a.batch_size,
-                          val_batch_size=a.val_batch_size, objects=a.objects, n_val=a.n_val)
-        result = tra_known_answer(seeds, s)
-        summary = f"TRA known answer: {result['passes']} of {result['seeds']} seeds pass"
+    s = ProbeSettings(start=a.start, iterations=(a.iterations if a.probe == "tra" else None)
+                      or ProbeSettings.iterations,
+                      policy_lr=a.policy_lr, lr=a.lr, optimizer=a.optimizer, mode=a.mode,
+                      patch=a.patch, base_features=a.base, batch_size=a.batch_size,
+                      val_batch_size=a.val_batch_size, objects=a.objects, n_val=a.n_val)
+    t = TEAProbeSettings(pre_iterations=a.pre_iterations, pre_optimizer=a.pre_optimizer,
+                         pre_lr=a.pre_lr, pre_batch_size=a.pre_batch_size,
+                         iterations=(a.iterations if a.probe == "tea" else None)
+                         or TEAProbeSettings.iterations,
+                         tea_lr=a.tea_lr, tea_copies=a.tea_copies, patch=a.patch,
+                         base_features=a.base, objects=a.objects, n_val=a.n_val,
+                         cap_axes=tuple(int(c) for c in a.cap_axes))
+    if a.probe == "tra" and a.start == "scratch":
+        result = {"tra": tra_known_answer(seeds, s)}
     else:
-        t = TEAProbeSettings(pre_iterations=a.pre_iterations, pre_optimizer=a.pre_optimizer,
-                             pre_lr=a.pre_lr, pre_batch_size=a.pre_batch_size,
-                             iterations=a.iterations or TEAProbeSettings.iterations,
-                             tea_lr=a.tea_lr, tea_copies=a.tea_copies, patch=a.patch,
-                             base_features=a.base, objects=a.objects, n_val=a.n_val,
-                             cap_axes=tuple(int(c) for c in a.cap_axes))
-        result = tea_known_answer(seeds, t)
-        summary = (f"TEA known answer: the top op undoes the shift in {result['passes_undo']} "
-                   f"of {result['seeds']} seeds, is flip_axis0 in {result['passes_strict']}")
+        result = site_a_known_answers(seeds, s, t, tra=a.probe != "tea",
+                                      tea=a.probe != "tra")
+    lines = []
+    if "tra" in result:
+        lines.append(f"TRA known answer ({s.start} start): {result['tra']['passes']} of "
+                     f"{result['tra']['seeds']} seeds pass")
+    if "tea" in result:
+        r = result["tea"]
+        lines.append(f"TEA known answer: the top op undoes the shift in {r['passes_undo']} "
+                     f"of {r['seeds']} seeds, is flip_axis0 in {r['passes_strict']}")
+    summary = "; ".join(lines)
     result["machine"] = machine()
     result["load_average"] = os.getloadavg()
     result["wall_seconds"] = time.perf_counter() - t0

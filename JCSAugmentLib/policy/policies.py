@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..augment.tables import TEA_OPS, TRA_GROUPS
-from .categorical import gumbel_noise, sample_categorical, straight_through
+from .categorical import explore_noise, gumbel_noise, sample_categorical, straight_through
 
 CLASS_NAMES_DEFAULT = ("background", "foreground")
 
@@ -60,8 +60,12 @@ class TRAPolicy(nn.Module):
     def probabilities(self) -> List[torch.Tensor]:
         return [torch.softmax(p.detach(), -1) for p in self.logits]
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> TRADraw:
-        return _draw_groups([list(self.logits)], torch.zeros(n, dtype=torch.long), generator)
+    def sample(self, n: int, generator: Optional[torch.Generator] = None,
+               explore: float = 0.0) -> TRADraw:
+        """``n`` draws of every group; ``explore``: the exploration floor
+        (:func:`.categorical.explore_noise`, per group)."""
+        return _draw_groups([list(self.logits)], torch.zeros(n, dtype=torch.long), generator,
+                            explore)
 
 
 class ClassSpecificTRAPolicy(nn.Module):
@@ -87,27 +91,32 @@ class ClassSpecificTRAPolicy(nn.Module):
     def num_classes(self) -> int:
         return len(self.policies)
 
-    def sample(self, classes: torch.Tensor, generator: Optional[torch.Generator] = None
-               ) -> TRADraw:
-        """Draw for samples whose patch classes are ``classes`` (n,) in [0, num_classes)."""
+    def sample(self, classes: torch.Tensor, generator: Optional[torch.Generator] = None,
+               explore: float = 0.0) -> TRADraw:
+        """Draw for samples whose patch classes are ``classes`` (n,) in [0, num_classes);
+        ``explore``: the exploration floor (:func:`.categorical.explore_noise`, per group)."""
         classes = torch.as_tensor(classes, dtype=torch.long).cpu()
         if classes.numel() and (classes.min() < 0 or classes.max() >= self.num_classes):
             raise ValueError(f"patch classes must be in [0, {self.num_classes}), got "
                              f"{sorted(set(classes.tolist()))}")
-        return _draw_groups([list(p.logits) for p in self.policies], classes, generator)
+        return _draw_groups([list(p.logits) for p in self.policies], classes, generator,
+                            explore)
 
 
 def _draw_groups(logits_per_class: List[List[torch.Tensor]], classes: torch.Tensor,
-                 generator: Optional[torch.Generator]) -> TRADraw:
+                 generator: Optional[torch.Generator], explore: float = 0.0) -> TRADraw:
     """Draw all 15 groups for every sample from its class's logits. Noise is drawn for all 62
-    options of every sample in one call, so the random stream does not depend on the classes."""
+    options of every sample in one call, so the random stream does not depend on the classes
+    (the exploration floor, when on, draws after it, group by group)."""
     n = classes.shape[0]
     noise = gumbel_noise((n, sum(g.size for g in TRA_GROUPS)), generator)
     choices, weights, soft = [], [], []
     start = 0
     for gi, g in enumerate(TRA_GROUPS):
         table = torch.stack([lg[gi] for lg in logits_per_class])  # (classes, K)
-        d = straight_through(table[classes], noise[:, start:start + g.size])
+        rows = table[classes]
+        d = straight_through(rows, explore_noise(rows, noise[:, start:start + g.size], explore,
+                                                 generator))
         start += g.size
         choices.append(d.index)
         weights.append(d.weight)
@@ -132,8 +141,10 @@ class TEAPolicy(nn.Module):
     def probabilities(self) -> torch.Tensor:
         return torch.softmax(self.logits.detach(), -1)
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None):
-        return sample_categorical(self.logits, n, generator)
+    def sample(self, n: int, generator: Optional[torch.Generator] = None,
+               explore: float = 0.0):
+        """``n`` draws; ``explore``: the exploration floor (:func:`.categorical.explore_noise`)."""
+        return sample_categorical(self.logits, n, generator, explore)
 
     def top(self, z: int, allowed: Optional[torch.Tensor] = None):
         """The ``z`` most probable ops and their probabilities renormalised over those z

@@ -26,7 +26,7 @@ default", filled in by :meth:`Job.resolved`)::
                   "tea_lr": null, "momentum": 0.99, "nesterov": true, "weight_decay": 3e-05, "grad_clip": 12.0,
                   "poly_power": 0.9, "fg_fraction": 0.5, "val_loss": "ce+dice",
                   "validate_every": 5, "preview_every": 10, "checkpoint_every": 100,
-                  "pretrained": null},
+                  "pretrained": null, "explore": 0.0},
      "inference": {"tea": "auto", "tea_top_z": null, "step": 0.5, "predict": ["test"]},
      "device": "auto", "seed": 0, "time_budget_minutes": null
     }
@@ -410,6 +410,9 @@ class TrainingSpec:
     checkpoint_every: int = _f(100, _Int(1, MAX_EPOCHS * MAX_ITERATIONS_PER_EPOCH,
                                          note=" (iterations)"))
     pretrained: Optional[str] = _f(None, _Path(null=True, what="a checkpoint path"))
+    # the exploration floor (not the paper's; 0 = off): this share of the TRA (per group) and
+    # TEA draws that carry a policy gradient is drawn uniformly over the options
+    explore: float = _f(0.0, _Float(0, 1, hi_open=True, note=" (a share of the draws)"))
 
     def _validate(self, path: str) -> None:
         if self.nesterov and self.momentum == 0:

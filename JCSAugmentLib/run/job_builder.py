@@ -61,6 +61,7 @@ class TrainSettings:
     policy_lr: Optional[float] = _setting("training.policy_lr")
     tea_lr: Optional[float] = _setting("training.tea_lr")
     pretrained: Optional[str] = _setting("training.pretrained")
+    explore: Optional[float] = _setting("training.explore")
     tea_at_inference: Optional[str] = _setting("inference.tea")
     predict_splits: Optional[List[str]] = _setting("inference.predict")
     device: Optional[str] = _setting("device")

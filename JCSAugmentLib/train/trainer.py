@@ -212,19 +212,32 @@ class Trainer:
                                          betas=(0.9, 0.999)) if self.mode.learn_tra else None)
         self.tea_opt = (torch.optim.Adam(self.tea.parameters(), lr=t.tea_lr, betas=(0.9, 0.999))
                         if self.mode.learn_tea else None)
+        if not self.mode.train_model and not t.pretrained:
+            raise ValueError("training.mode 'tea-only' learns TEA on a trained model: set "
+                             "training.pretrained to its checkpoint (checkpoints/last.pt "
+                             "or best.pt of a finished run)")
+        if t.pretrained:  # tea-only: the frozen model; any other mode: its starting weights
+            self._load_pretrained(t.pretrained)
         if not self.mode.train_model:
-            if not t.pretrained:
-                raise ValueError("training.mode 'tea-only' learns TEA on a trained model: set "
-                                 "training.pretrained to its checkpoint (checkpoints/last.pt "
-                                 "or best.pt of a finished run)")
-            state = load_checkpoint(self._resolve(t.pretrained), map_location="cpu")
-            self.model.load_state_dict(state["model"])
             for p in self.model.parameters():
                 p.requires_grad_(False)
         # Fixed validation patches for model selection (seeded apart from the training stream).
         sel_rng = np.random.default_rng([self.job.seed, 1])
         n_sel = max(4, 2 * len(self.val_cases))
         self._selection = self.val_sampler.sample(n_sel, sel_rng)
+
+    def _load_pretrained(self, path: str) -> None:
+        """The network's weights from ``training.pretrained`` (only the weights: the
+        optimiser, the policies and the iteration count start afresh, as nnU-Net's
+        ``-pretrained_weights``); a checkpoint of another network is one clear error."""
+        state = load_checkpoint(self._resolve(path), map_location="cpu")
+        try:
+            self.model.load_state_dict(state["model"])
+        except (KeyError, RuntimeError) as e:
+            detail = " ".join(str(e).split())[:300]
+            raise ValueError(f"training.pretrained {path!r}: its network does not fit this "
+                             f"job's model block (backbone, patch size, base_features and "
+                             f"the channels must be the pretrained run's): {detail}") from None
 
     # -- batches --------------------------------------------------------------------------------
     def _policy_classes(self, draw) -> torch.Tensor:
@@ -240,7 +253,9 @@ class Trainer:
         draw = self.train_sampler.sample(n, self.rng)
         policy_classes = self._policy_classes(draw)
         with torch.set_grad_enabled(keep_graph):
-            tra_draw = self.tra.sample(policy_classes, self.gen)
+            # the floor only where a policy gradient is taken (keep_graph: a policy turn)
+            tra_draw = self.tra.sample(policy_classes, self.gen,
+                                       explore=self.job.training.explore if keep_graph else 0.0)
         params = sample_tra_params(tra_draw.choices, self.gen)
         s = self.train_sampler
         x, y = augment_patches(s.images(draw.case_index), s.labels(draw.case_index),
@@ -383,7 +398,7 @@ class Trainer:
         result."""
         t = self.job.training
         x, y, stats = self.validation_batch(1, self.val_sampler.sample_foreground(1, self.rng))
-        drawn = self.tea.sample(t.tea_copies, self.gen)
+        drawn = self.tea.sample(t.tea_copies, self.gen, explore=t.explore)
         taken = self.tea_evaluable[drawn.index]
         evaluated = CategoricalDraw(drawn.index[taken], drawn.weight[taken], drawn.soft[taken])
         noise = noise_generator(x.device, draw_seed(self.gen))

@@ -87,6 +87,29 @@ def test_every_mode_runs_two_iterations(cases, pretrained, tmp_path, mode, backb
     assert set(tr.validate()) >= {"dice_foreground"}
 
 
+def test_pretrained_weights_start_a_trainable_mode(cases, pretrained, tmp_path):
+    """training.pretrained in a mode that trains the model: the network starts from the
+    checkpoint's weights (fine-tuning) and then trains; the policies start afresh."""
+    saved = load_checkpoint(pretrained["unet3d"])["model"]
+    fresh = Trainer(Job.from_dict(job_dict(cases, "joint")), str(tmp_path / "fresh"))
+    tuned = Trainer(Job.from_dict(job_dict(cases, "joint", pretrained=pretrained["unet3d"])),
+                    str(tmp_path / "tuned"))
+    assert all(torch.equal(v, tuned.model.state_dict()[k]) for k, v in saved.items())
+    assert not all(torch.equal(v, fresh.model.state_dict()[k]) for k, v in saved.items())
+    for a, b in zip(fresh.tra.parameters(), tuned.tra.parameters()):
+        assert torch.equal(a, b)  # the policies are not the checkpoint's
+    tuned.step()
+    assert not all(torch.equal(v, tuned.model.state_dict()[k]) for k, v in saved.items())
+
+
+def test_a_pretrained_checkpoint_of_another_network_is_refused_with_the_reason(
+        cases, pretrained, tmp_path):
+    job = job_dict(cases, "heuristic", pretrained=pretrained["unet3d"])
+    job["model"]["base_features"] = 3  # not the pretrained run's network
+    with pytest.raises(ValueError, match="training.pretrained.*does not fit this job's model"):
+        Trainer(Job.from_dict(job), str(tmp_path))
+
+
 def test_resume_from_a_checkpoint_continues_bit_for_bit(cases, tmp_path):
     job = Job.from_dict(job_dict(cases, "joint", its=4))
     straight = Trainer(job, str(tmp_path / "a"))
