@@ -11,6 +11,7 @@ from JCSAugmentLib.augment.tables import TRA_GROUP_INDEX, TRA_GROUPS
 from JCSAugmentLib.policy import make_tra_policy
 from JCSAugmentLib.policy.categorical import explore_noise, gumbel_noise, straight_through
 from JCSAugmentLib.run.job import Job, JobError
+from test_train import cases, job_dict  # noqa: F401 (cases: the trainer tests' fixture)
 
 N = 40000
 
@@ -81,19 +82,8 @@ def test_the_job_field_is_off_by_default_and_checked():
         Job.from_dict({**base, "training": {"explore": 1.0}})
 
 
-def test_a_joint_run_with_the_floor_trains_and_says_so_in_its_job(tmp_path):
-    from test_train import job_dict  # noqa: the small synthetic cases of the trainer tests
-    pytest.importorskip("SimpleITK")
-    import SimpleITK as sitk
-    from JCSAugmentLib.demo_augment import synthetic_case
+def test_a_joint_run_with_the_floor_trains_and_says_so_in_its_job(cases, tmp_path):
     from JCSAugmentLib.train.trainer import Trainer
-    cases = []
-    for i in range(4):
-        img, lab, _roi = synthetic_case(size=(28, 32, 32), seed=i)
-        p = str(tmp_path / f"c{i}")
-        sitk.WriteImage(img, p + "_img.nii.gz")
-        sitk.WriteImage(lab, p + "_lab.nii.gz")
-        cases.append({"id": f"c{i}", "images": [p + "_img.nii.gz"], "label": p + "_lab.nii.gz"})
     runs = {}
     for e in (0.0, 0.5):
         job = Job.from_dict(job_dict(cases, "joint", explore=e))
