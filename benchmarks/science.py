@@ -297,7 +297,11 @@ def parse(argv=None):
                    help="'synthetic' (the demo's two-site shift) or the brats6 folder "
                         "(default: synthetic)")
     p.add_argument("--out", default="science-report", help="report folder (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=5,
+                   help="number of seeds, from --first-seed on (default: %(default)s)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first seed (default: 0); more seeds for an earlier run's report "
+                        "are --first-seed N with the same other options")
     p.add_argument("--iterations", type=int, default=300,
                    help="training iterations per run (default: %(default)s)")
     p.add_argument("--patch", type=int, default=32, help="cubic patch edge (default: %(default)s)")
@@ -345,7 +349,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
     rows = []
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         log(f"seed {seed}")
         rows.append(one_seed(seed, data, images, refs, regions, out, a, log))
         # written after every seed: an interrupted benchmark keeps what it measured
