@@ -39,6 +39,18 @@ def tiny_trainer(data_dir, run_dir) -> Trainer:
     return tr
 
 
+def saved_tiny_run(tmp_path_factory):
+    """A :func:`tiny_trainer` saved as the worker saves it: (its RunFolder, the test image
+    c2)."""
+    from JCSAugmentLib.run.folder import RunFolder
+    data = tmp_path_factory.mktemp("data")
+    folder = RunFolder(tmp_path_factory.mktemp("run"))
+    tr = tiny_trainer(data, folder.path)
+    folder.save_checkpoint(tr.state_dict(), best=True)
+    folder.save_job(tr.job)
+    return folder, os.path.join(str(data), "c2_img.nii.gz")
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")

@@ -13,19 +13,14 @@ from JCSAugmentLib.cli import main
 from JCSAugmentLib.infer import predict
 from JCSAugmentLib.infer.predict import PredictionError, predict_cases
 from JCSAugmentLib.infer.progress import PredictProgress, ProgressLine, describe, format_seconds
-from JCSAugmentLib.run.folder import RunFolder
 
-from test_predict import tiny_trainer
+from test_predict import saved_tiny_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
-    folder = RunFolder(tmp_path_factory.mktemp("run"))
-    tr = tiny_trainer(data, folder.path)
-    folder.save_checkpoint(tr.state_dict(), best=True)
-    folder.save_job(tr.job)
-    images = [os.path.join(str(data), f) for f in ("c2_img.nii.gz",)]
+    folder, image = saved_tiny_run(tmp_path_factory)
+    images = [image]
     # a second case: the first one's image under another name
     second = os.path.join(str(tmp_path_factory.mktemp("more")), "other_img.nii.gz")
     shutil.copy(images[0], second)

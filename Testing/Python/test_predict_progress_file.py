@@ -14,19 +14,13 @@ from JCSAugmentLib.infer.progress import (PROGRESS_FILE_NAME, PredictProgress, P
                                           describe)
 from JCSAugmentLib.panel.predict_progress import (PredictProgressStatus, predict_progress_path,
                                                   read_predict_progress)
-from JCSAugmentLib.run.folder import RunFolder
 
-from test_predict import tiny_trainer
+from test_predict import saved_tiny_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
-    folder = RunFolder(tmp_path_factory.mktemp("run"))
-    tr = tiny_trainer(data, folder.path)
-    folder.save_checkpoint(tr.state_dict(), best=True)
-    folder.save_job(tr.job)
-    return folder, os.path.join(str(data), "c2_img.nii.gz")
+    return saved_tiny_run(tmp_path_factory)
 
 
 def _leftovers(folder):
